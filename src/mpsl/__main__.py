@@ -1,0 +1,5 @@
+import sys
+
+from mpsl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,292 @@
+"""Typed, frozen run configuration: defaults are the demo, YAML files and `key=value` overrides refine it.
+
+Every error names the offending key and says what was expected, so a typo never silently falls back
+to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mpsl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "avdigits"
+    cache_dir: str | None = None  # None: ~/.cache/mpsl
+    train_size: int = 4000
+    test_size: int = 1000
+    seed: int = 0  # seeds the dataset's construction, not training
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    kind: Literal["iid", "dirichlet"] = "dirichlet"
+    alpha: float = 0.5  # Dirichlet concentration: small = strong label skew
+    min_size: int = 10  # resample until every client holds at least this many samples
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    source: str = "minilm"  # a name in mpsl.models.ENCODERS
+    path: str | None = None  # local model directory; None: the packaged default of `source`
+    trainable_blocks: int | None = None  # the last k blocks train; None: half of them (paper)
+    dropout: float = 0.0
+    # architecture of `source: random` (ignored for pretrained sources)
+    width: int = 384
+    depth: int = 6
+    heads: int = 12
+    mlp_ratio: float = 4.0
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    patch: tuple[int, int] = (7, 7)
+    stride: tuple[int, int] | None = None  # None: same as patch (no overlap)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    image: TokenizerConfig = field(default_factory=TokenizerConfig)
+    audio: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(patch=(8, 8)))
+    fusion: Literal["early", "late"] = "early"
+    head: Literal["client", "server"] = "client"  # client: labels never leave the client
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 64  # global batch B; each client takes ceil(B / num_clients)
+    server_lr: float = 1e-4
+    client_lr: float = 1e-3
+    lr_step: int = 5  # StepLR period in epochs (paper: 5)
+    lr_gamma: float = 0.1
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 250
+    personalized: bool = True  # also evaluate every client's own (never averaged) model
+    ablations: bool = True  # also evaluate with each modality blanked
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "avdigits-demo"
+    seed: int = 2024
+    num_clients: int = 8
+    methods: tuple[str, ...] = ("mpsl", "centralized")
+    out_dir: str = "runs"
+    progress: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def replace(self, **overrides: Any) -> Config:
+        """A copy with dotted overrides applied and validated, e.g. replace(**{"train.epochs": 1})."""
+        tree = to_dict(self)
+        for key, value in overrides.items():
+            _set_dotted(tree, key, value)
+        return from_dict(tree)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file, then `key=value` overrides (values parsed as YAML scalars)."""
+    tree = to_dict(Config())
+    if path is not None:
+        _merge(tree, _read_yaml(Path(path)), prefix="")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=2")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return from_dict(tree)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of keys at the top level")
+    return loaded
+
+
+def _merge(tree: dict[str, Any], update: dict[str, Any], prefix: str) -> None:
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in tree:
+            raise ConfigError(f"{dotted}: unknown key (known: {', '.join(sorted(tree))})")
+        if isinstance(tree[key], dict) and isinstance(value, dict):
+            _merge(tree[key], value, prefix=f"{dotted}.")
+        else:
+            tree[key] = value
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = tree
+    for depth, part in enumerate(parents):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            where = ".".join(parents[: depth + 1])
+            raise ConfigError(f"{where}: unknown section (in override {key})")
+        node = child
+    if leaf not in node:
+        where = ".".join(parents) or "top level"
+        raise ConfigError(f"{key}: unknown key ({where} has: {', '.join(sorted(node))})")
+    if isinstance(node[leaf], dict) and not isinstance(value, dict):
+        raise ConfigError(f"{key}: is a section, set one of its keys ({', '.join(sorted(node[leaf]))})")
+    node[leaf] = value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples become lists) for YAML/JSON round trips."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(cfg)
+
+
+def from_dict(tree: dict[str, Any]) -> Config:
+    cfg = _build(Config, tree, prefix="")
+    validate(cfg)
+    return cfg
+
+
+def _build(cls: type, tree: Any, prefix: str) -> Any:
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {tree!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(tree) - names)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
+    values = {}
+    for name in names & set(tree):
+        values[name] = _coerce(hints[name], tree[name], f"{prefix}{name}")
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Check `value` against the annotation; conversions: int->float, "1e-4"->float, list->tuple."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, prefix=f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: expected one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"config annotation {hint!r} of {key} is not supported")  # a bug, not user input
+
+
+# ---------------------------------------------------------------------------------------------
+# validation of values (registry names are checked where the registries live: mpsl.experiment)
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that need no data or model: ranges and relations between keys."""
+    _require(cfg.num_clients >= 1, "num_clients", f"must be at least 1, got {cfg.num_clients}")
+    _require(bool(cfg.name.strip()), "name", "must not be empty")
+    _require("/" not in cfg.name and cfg.name not in (".", ".."), "name", "must be a plain folder name")
+    _require(len(cfg.methods) >= 1, "methods", "list at least one method")
+    _require(len(set(cfg.methods)) == len(cfg.methods), "methods", "lists a method twice")
+    _require(cfg.data.train_size >= 1, "data.train_size", "must be at least 1")
+    _require(cfg.data.test_size >= 1, "data.test_size", "must be at least 1")
+    _require(cfg.partition.alpha > 0, "partition.alpha", f"must be positive, got {cfg.partition.alpha}")
+    _require(cfg.partition.min_size >= 1, "partition.min_size", "must be at least 1")
+    _require(
+        cfg.num_clients * cfg.partition.min_size <= cfg.data.train_size,
+        "num_clients",
+        f"{cfg.num_clients} clients x partition.min_size {cfg.partition.min_size} needs more than "
+        f"data.train_size={cfg.data.train_size} samples",
+    )
+    enc = cfg.model.encoder
+    _require(enc.trainable_blocks is None or enc.trainable_blocks >= 0, "model.encoder.trainable_blocks",
+             "must be 0 or more")
+    _require(0.0 <= enc.dropout < 1.0, "model.encoder.dropout", "must be in [0, 1)")
+    _require(enc.width >= 1 and enc.depth >= 1 and enc.heads >= 1, "model.encoder", "width, depth, heads >= 1")
+    _require(enc.width % enc.heads == 0, "model.encoder.width", f"{enc.width} is not divisible by heads={enc.heads}")
+    for name in ("image", "audio"):
+        tok: TokenizerConfig = getattr(cfg.model, name)
+        _require(min(tok.patch) >= 1, f"model.{name}.patch", "sizes must be at least 1")
+        _require(tok.stride is None or min(tok.stride) >= 1, f"model.{name}.stride", "must be at least 1")
+    tr = cfg.train
+    _require(tr.epochs >= 1, "train.epochs", f"must be at least 1, got {tr.epochs}")
+    _require(tr.batch_size >= 1, "train.batch_size", f"must be at least 1, got {tr.batch_size}")
+    _require(tr.server_lr > 0 and tr.client_lr > 0, "train", "learning rates must be positive")
+    _require(tr.lr_step >= 1, "train.lr_step", "must be at least 1")
+    _require(0 < tr.lr_gamma <= 1, "train.lr_gamma", "must be in (0, 1]")
+    _require(cfg.eval.batch_size >= 1, "eval.batch_size", "must be at least 1")
+
+
+def client_batch_size(cfg: Config, num_clients: int | None = None) -> int:
+    """b = ceil(B / N), the paper's per-client mini-batch."""
+    n = cfg.num_clients if num_clients is None else num_clients
+    return -(-cfg.train.batch_size // n)

@@ -1,0 +1,8 @@
+"""Datasets (registered by name), their specs, and client partitions."""
+
+from mpsl.data.partition import PARTITIONS, partition
+from mpsl.data.sources import DATASETS, load_dataset, prepare_dataset
+from mpsl.data.spec import Dataset, DatasetSpec, ModalitySpec, SplitData
+
+__all__ = ["DATASETS", "PARTITIONS", "Dataset", "DatasetSpec", "ModalitySpec", "SplitData",
+           "load_dataset", "partition", "prepare_dataset"]

@@ -1,0 +1,1 @@
+"""Experiments: assemble a simulation, run it, evaluate, report."""

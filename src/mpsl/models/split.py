@@ -1,0 +1,67 @@
+"""The two halves of the split model: what a client runs and what the server runs.
+
+The cut is right after the tokenizers. The head sits on either side (`model.head`); the other side
+gets an identity in its place, so the protocol code never asks where the head is.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from mpsl.config import ModelConfig
+from mpsl.data.spec import DatasetSpec
+from mpsl.models.encoder import EncoderBundle, SharedEncoder, build_encoder
+from mpsl.models.fusion import FUSIONS
+from mpsl.models.heads import ClassifierHead
+from mpsl.models.tokenizers import build_tokenizer
+
+
+class ClientModel(nn.Module):
+    """Tokenizers (one per modality) and, with `head: client`, the task head."""
+
+    def __init__(self, tokenizers: dict[str, nn.Module], head: nn.Module) -> None:
+        super().__init__()
+        self.tokenizers = nn.ModuleDict(tokenizers)
+        self.head = head
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.tokenizers)
+
+    def embed(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {m: tok(inputs[m]) for m, tok in self.tokenizers.items()}  # m -> [b, T_m, D]
+
+
+class ServerModel(nn.Module):
+    """The shared encoder, the fusion, and with `head: server` the task head."""
+
+    def __init__(self, encoder: SharedEncoder, fusion: str, head: nn.Module, modalities: list[str]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.fusion_name = fusion
+        self.fusion = FUSIONS.get(fusion)
+        self.head = head
+        self.modalities = list(modalities)
+
+    def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        ordered = [tokens[m] for m in self.modalities]  # fixed modality order: m -> [B, T_m, D]
+        return self.head(self.fusion(self.encoder, ordered))  # [B, M, D] or [B, C]
+
+
+def build_split_model(cfg: ModelConfig, spec: DatasetSpec, seed: int) -> tuple[ClientModel, ServerModel]:
+    """One client template and the server; every client starts as a copy of the template."""
+    torch.manual_seed(seed)
+    bundle: EncoderBundle = build_encoder(cfg.encoder)
+    tokenizers = {m: build_tokenizer(ms, cfg, bundle) for m, ms in spec.modalities.items()}
+    head = ClassifierHead(bundle.width, spec.num_classes)
+    client_head, server_head = (head, nn.Identity()) if cfg.head == "client" else (nn.Identity(), head)
+    client = ClientModel(tokenizers, client_head)
+    server = ServerModel(bundle.encoder, cfg.fusion, server_head, list(spec.modalities))
+    return client, server
+
+
+def clone(module: nn.Module) -> nn.Module:
+    return copy.deepcopy(module)

@@ -1,0 +1,11 @@
+"""The MPSL protocol: messages, their wire encoding, both sides, and the step that drives them."""
+
+from mpsl.protocol.client import SplitClient
+from mpsl.protocol.handle import ClientHandle
+from mpsl.protocol.messages import CutGrad, FeatureGrad, Features, Tokens
+from mpsl.protocol.serde import Codec, payload_nbytes
+from mpsl.protocol.server import SplitServer
+from mpsl.protocol.step import StepResult, mpsl_step
+
+__all__ = ["ClientHandle", "Codec", "CutGrad", "FeatureGrad", "Features", "SplitClient", "SplitServer",
+           "StepResult", "Tokens", "mpsl_step", "payload_nbytes"]

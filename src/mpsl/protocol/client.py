@@ -1,0 +1,92 @@
+"""The client side of MPSL: private data and labels, tokenizers, optional head, its own optimizer."""
+
+from __future__ import annotations
+
+import torch
+
+from mpsl.data.spec import SplitData
+from mpsl.errors import ProtocolError
+from mpsl.models.split import ClientModel
+from mpsl.protocol.messages import CutGrad, FeatureGrad, Features, Tokens
+from mpsl.tasks import Task
+
+
+class SplitClient:
+    """Holds everything that never leaves the device; exchanges only cut-layer tensors."""
+
+    def __init__(
+        self,
+        client_id: int,
+        model: ClientModel,
+        data: SplitData,
+        task: Task,
+        batch_size: int,
+        optimizer: torch.optim.Optimizer | None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        seed: int,
+    ) -> None:
+        self.client_id = client_id
+        self.model = model
+        self.data = data
+        self.task = task
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self._shuffle = torch.Generator().manual_seed(seed)
+        self._order = torch.arange(len(data))
+        self._cursor = 0
+        self._pending: tuple[int, dict[str, torch.Tensor], torch.Tensor] | None = None  # step, tokens, labels
+        self._features_done = False
+        self.samples_seen = 0
+
+    def start_epoch(self, epoch: int) -> None:
+        self._order = torch.randperm(len(self.data), generator=self._shuffle)
+        self._cursor = 0
+
+    def embed(self, step: int) -> Tokens | None:
+        if self._cursor >= len(self.data):
+            return None
+        index = self._order[self._cursor:self._cursor + self.batch_size]  # [b]
+        self._cursor += len(index)
+        batch = self.data.subset(index)
+        self.model.train()
+        tokens = self.model.embed(batch.inputs)  # m -> [b, T_m, D], graph kept until cut_grad
+        self._pending = (step, tokens, batch.labels)
+        self._features_done = False
+        return Tokens(self.client_id, step, {m: t.detach() for m, t in tokens.items()})
+
+    def features(self, msg: Features) -> FeatureGrad:
+        step, _, labels = self._expect(msg.step)
+        if msg.features.shape[0] != len(labels):
+            raise ProtocolError(f"client {self.client_id}: features for {msg.features.shape[0]} samples, "
+                                f"batch has {len(labels)}")
+        features = msg.features.detach().requires_grad_(True)
+        predictions = self.model.head(features)  # [b, C]
+        loss = self.task.loss(predictions, labels)
+        (msg.loss_weight * loss).backward()  # head grads (if any) accumulate until cut_grad steps them
+        self._features_done = True
+        return FeatureGrad(step, features.grad, float(loss.detach()), self.task.correct(predictions, labels),
+                           len(labels))
+
+    def cut_grad(self, msg: CutGrad) -> None:
+        _, tokens, labels = self._expect(msg.step)
+        if not self._features_done:
+            raise ProtocolError(f"client {self.client_id}: cut gradient for step {msg.step} before its features")
+        if set(msg.grads) != set(tokens):
+            raise ProtocolError(f"client {self.client_id}: gradient for {sorted(msg.grads)}, sent {sorted(tokens)}")
+        torch.autograd.backward([tokens[m] for m in tokens], [msg.grads[m] for m in tokens])
+        if self.optimizer is not None:
+            self.optimizer.step()
+        self.model.zero_grad(set_to_none=True)
+        self.samples_seen += len(labels)
+        self._pending = None
+
+    def end_epoch(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def _expect(self, step: int) -> tuple[int, dict[str, torch.Tensor], torch.Tensor]:
+        if self._pending is None or self._pending[0] != step:
+            held = None if self._pending is None else self._pending[0]
+            raise ProtocolError(f"client {self.client_id}: message for step {step}, but the open step is {held}")
+        return self._pending

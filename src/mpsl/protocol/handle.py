@@ -1,0 +1,26 @@
+"""How the MPSL step talks to one client, whatever carries the messages (a call, gRPC, a Ray actor)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from mpsl.protocol.messages import CutGrad, FeatureGrad, Features, Tokens
+
+
+class ClientHandle(Protocol):
+    client_id: int
+
+    def start_epoch(self, epoch: int) -> None:
+        """Reshuffle local data; the client takes part in steps until its data runs out."""
+
+    def embed(self, step: int) -> Tokens | None:
+        """Tokenize the next local mini-batch; None once the client's data is exhausted this epoch."""
+
+    def features(self, msg: Features) -> FeatureGrad:
+        """Run the head (if any) and the loss on the client's own labels; return the feature gradient."""
+
+    def cut_grad(self, msg: CutGrad) -> None:
+        """Backpropagate the cut-layer gradient through the tokenizers and step the client optimizer."""
+
+    def end_epoch(self) -> None:
+        """Advance the client's learning-rate schedule."""

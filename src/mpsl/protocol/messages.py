@@ -1,0 +1,49 @@
+"""The four wire messages of one MPSL step, per client. Labels appear in none of them.
+
+    up    Tokens       cut-layer tokens           m -> [b, T_m, D]
+    down  Features     CLS features or logits     [b, M, D] (head on client) or [b, C] (head on server)
+    up    FeatureGrad  d(w_k L_k)/d features      same shape as the features, plus loss and metrics
+    down  CutGrad      dL/dz, this client's slice m -> [b, T_m, D]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Tokens:
+    client_id: int
+    step: int
+    tokens: dict[str, torch.Tensor]  # modality -> [b, T_m, D]
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(self.tokens.values())).shape[0]
+
+
+@dataclass
+class Features:
+    step: int
+    features: torch.Tensor  # [b, M, D] or [b, C]
+    loss_weight: float  # b_k / B: this client's share of the server-side aggregate loss
+
+
+@dataclass
+class FeatureGrad:
+    step: int
+    grad: torch.Tensor  # gradient of loss_weight * L_k w.r.t. the features it received
+    loss: float  # L_k: mean loss over the client's b_k samples
+    correct: int
+    count: int
+
+
+@dataclass
+class CutGrad:
+    step: int
+    grads: dict[str, torch.Tensor]  # modality -> [b, T_m, D]
+
+
+MESSAGE_TYPES: dict[str, type] = {cls.__name__: cls for cls in (Tokens, Features, FeatureGrad, CutGrad)}

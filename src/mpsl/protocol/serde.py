@@ -1,0 +1,140 @@
+"""Wire encoding of protocol messages: a small JSON header, then raw little-endian tensor bytes.
+
+No pickle: decoding only ever builds the message dataclasses from numbers, strings and tensors
+whose dtype is on an allow-list and whose byte length matches their shape. The in-process runtime
+uses the same encoding, so every runtime moves and counts exactly the same bytes.
+
+    frame = b"MPSL" | version u8 | header length u32 (LE) | header JSON (UTF-8) | tensor bytes ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import struct
+import sys
+from typing import Any
+
+import torch
+
+from mpsl.errors import ProtocolError
+from mpsl.protocol.messages import MESSAGE_TYPES
+
+MAGIC = b"MPSL"
+VERSION = 1
+_PREFIX = struct.Struct("<4sBI")
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    flat = t.detach().contiguous().reshape(-1)  # [numel]
+    if sys.byteorder != "little":
+        raise ProtocolError("big-endian hosts are not supported by the wire format")
+    return flat.view(torch.uint8).numpy().tobytes()
+
+
+class Codec:
+    """Encodes messages with float tensors cast to `wire_dtype`; decodes them back to float32."""
+
+    def __init__(self, wire_dtype: str = "float32") -> None:
+        if wire_dtype not in DTYPES:
+            raise ProtocolError(f"wire dtype {wire_dtype!r} is not one of {', '.join(DTYPES)}")
+        self.wire_dtype = DTYPES[wire_dtype]
+        self.wire_dtype_name = wire_dtype
+
+    def encode(self, msg: Any) -> bytes:
+        name = type(msg).__name__
+        if MESSAGE_TYPES.get(name) is not type(msg):
+            raise ProtocolError(f"{name} is not a protocol message")
+        fields: dict[str, Any] = {}
+        tensors: list[dict[str, Any]] = []
+        chunks: list[bytes] = []
+
+        def add(key: str, t: torch.Tensor) -> None:
+            wire = t.to(self.wire_dtype)
+            tensors.append({"name": key, "dtype": _DTYPE_NAMES[wire.dtype], "shape": list(wire.shape)})
+            chunks.append(_tensor_bytes(wire))
+
+        for f in dataclasses.fields(msg):
+            value = getattr(msg, f.name)
+            if isinstance(value, torch.Tensor):
+                add(f.name, value)
+            elif isinstance(value, dict):
+                for m, t in value.items():
+                    add(f"{f.name}.{m}", t)
+            else:
+                fields[f.name] = value
+        header = json.dumps({"type": name, "fields": fields, "tensors": tensors}, separators=(",", ":")).encode()
+        return _PREFIX.pack(MAGIC, VERSION, len(header)) + header + b"".join(chunks)
+
+    def decode(self, frame: bytes) -> Any:
+        header = _read_header(frame)
+        cls = MESSAGE_TYPES.get(header.get("type"))  # type: ignore[arg-type]
+        if cls is None:
+            raise ProtocolError(f"unknown message type {header.get('type')!r}")
+        values: dict[str, Any] = dict(header.get("fields", {}))
+        offset = _PREFIX.size + header["_length"]
+        for entry in header.get("tensors", []):
+            tensor, offset = _read_tensor(frame, offset, entry)
+            key, _, sub = str(entry["name"]).partition(".")
+            if sub:
+                values.setdefault(key, {})[sub] = tensor
+            else:
+                values[key] = tensor
+        if offset != len(frame):
+            raise ProtocolError(f"{len(frame) - offset} trailing bytes after the last tensor")
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(values) != names:
+            raise ProtocolError(f"{cls.__name__}: expected fields {sorted(names)}, got {sorted(values)}")
+        return cls(**values)
+
+
+def _read_header(frame: bytes) -> dict[str, Any]:
+    if len(frame) < _PREFIX.size:
+        raise ProtocolError(f"frame of {len(frame)} bytes is shorter than the {_PREFIX.size}-byte prefix")
+    magic, version, length = _PREFIX.unpack_from(frame)
+    if magic != MAGIC or version != VERSION:
+        raise ProtocolError(f"not an MPSL v{VERSION} frame (magic {magic!r}, version {version})")
+    if _PREFIX.size + length > len(frame):
+        raise ProtocolError(f"header length {length} runs past the end of the frame")
+    try:
+        header = json.loads(frame[_PREFIX.size:_PREFIX.size + length])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("header is not a JSON object")
+    header["_length"] = length
+    return header
+
+
+def _read_tensor(frame: bytes, offset: int, entry: Any) -> tuple[torch.Tensor, int]:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise ProtocolError(f"malformed tensor entry {entry!r}")
+    dtype = DTYPES.get(entry.get("dtype"))  # type: ignore[arg-type]
+    if dtype is None:
+        raise ProtocolError(f"tensor {entry['name']}: dtype {entry.get('dtype')!r} is not one of {', '.join(DTYPES)}")
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+        raise ProtocolError(f"tensor {entry['name']}: shape {shape!r} is not a list of sizes")
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if offset + nbytes > len(frame):
+        raise ProtocolError(f"tensor {entry['name']}: {nbytes} bytes expected, {len(frame) - offset} left")
+    raw = bytearray(frame[offset:offset + nbytes])
+    flat = torch.frombuffer(raw, dtype=torch.uint8) if nbytes else torch.empty(0, dtype=torch.uint8)
+    tensor = flat.view(dtype).reshape(shape).to(torch.float32)  # [nbytes] -> [numel] -> shape
+    if not torch.isfinite(tensor).all():
+        raise ProtocolError(f"tensor {entry['name']}: contains NaN or infinite values")
+    return tensor, offset + nbytes
+
+
+def payload_nbytes(msg: Any, wire_dtype: str = "float32") -> int:
+    """numel x element size of every tensor in a message: what must cross the wire, without framing."""
+    size = torch.empty((), dtype=DTYPES[wire_dtype]).element_size()
+    total = 0
+    for f in dataclasses.fields(msg):
+        value = getattr(msg, f.name)
+        tensors = value.values() if isinstance(value, dict) else [value] if isinstance(value, torch.Tensor) else []
+        total += sum(t.numel() * size for t in tensors)
+    return total

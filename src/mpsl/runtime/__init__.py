@@ -1,0 +1,5 @@
+"""Runtimes move MPSL messages between the step and the clients; they know no model classes."""
+
+from mpsl.runtime.inprocess import InProcessHandle, Traffic
+
+__all__ = ["InProcessHandle", "Traffic"]
