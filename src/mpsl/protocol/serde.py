@@ -14,6 +14,7 @@ import json
 import math
 import struct
 import sys
+import typing
 from typing import Any
 
 import torch
@@ -88,7 +89,24 @@ class Codec:
         names = {f.name for f in dataclasses.fields(cls)}
         if set(values) != names:
             raise ProtocolError(f"{cls.__name__}: expected fields {sorted(names)}, got {sorted(values)}")
+        _check_scalars(cls, values)
         return cls(**values)
+
+
+def _check_scalars(cls: type, values: dict[str, Any]) -> None:
+    for name, hint in typing.get_type_hints(cls).items():
+        value = values[name]
+        if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ProtocolError(f"{cls.__name__}.{name}: expected an integer, got {value!r}")
+        if hint is float and (isinstance(value, bool) or not isinstance(value, int | float)
+                              or not math.isfinite(value)):
+            raise ProtocolError(f"{cls.__name__}.{name}: expected a finite number, got {value!r}")
+        if hint is float:
+            values[name] = float(value)
+        if hint is torch.Tensor and not isinstance(value, torch.Tensor):
+            raise ProtocolError(f"{cls.__name__}.{name}: expected a tensor")
+        if typing.get_origin(hint) is dict and not isinstance(value, dict):
+            raise ProtocolError(f"{cls.__name__}.{name}: expected named tensors")
 
 
 def _read_header(frame: bytes) -> dict[str, Any]:

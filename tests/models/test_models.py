@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mpsl.config import EncoderConfig, ModelConfig, TokenizerConfig
+from mpsl.data import DatasetSpec, ModalitySpec
+from mpsl.errors import ConfigError, ModelError
+from mpsl.models import ENCODERS, FUSIONS, TOKENIZERS, build_encoder, build_split_model
+from mpsl.models.encoder import minilm_dir
+from mpsl.models.tokenizers import build_tokenizer
+
+TINY_ENCODER = EncoderConfig(source="random", width=32, depth=4, heads=2)
+SHAPES = {"image": (3, 16, 16), "audio": (1, 16, 24), "text": (6,)}
+EXPECTED_TOKENS = {"image": 1 + 4 * 4, "audio": 1 + 4 * 6, "text": 6}
+
+
+def _inputs(kind: str, b: int) -> torch.Tensor:
+    if kind == "text":
+        return torch.randint(1, 1000, (b, *SHAPES[kind]))
+    return torch.randn(b, *SHAPES[kind])
+
+
+@pytest.mark.parametrize("kind", TOKENIZERS.names())
+def test_tokenizers_emit_cls_led_tokens_of_the_encoder_width(kind: str) -> None:
+    bundle = build_encoder(TINY_ENCODER)
+    tok = build_tokenizer(ModalitySpec(kind, SHAPES[kind]), ModelConfig(encoder=TINY_ENCODER,
+                          image=TokenizerConfig(patch=(4, 4)),
+                          audio=TokenizerConfig(patch=(4, 4))), bundle)
+
+    out = tok(_inputs(kind, 3))
+
+    assert out.shape == (3, EXPECTED_TOKENS[kind], 32)
+    out.sum().backward()
+    assert all(p.grad is not None for p in tok.parameters())
+
+
+def test_text_tokenizer_starts_from_the_encoders_word_embeddings() -> None:
+    bundle = build_encoder(TINY_ENCODER)
+    tok = build_tokenizer(ModalitySpec("text", (6,)), ModelConfig(encoder=TINY_ENCODER), bundle)
+
+    assert torch.equal(tok.words.weight, bundle.word_embeddings.weight)
+    assert tok.words.weight.data_ptr() != bundle.word_embeddings.weight.data_ptr()  # a client-owned copy
+
+
+@pytest.mark.parametrize("k", [0, 1, 4])
+def test_only_the_last_k_blocks_train(k: int) -> None:
+    bundle = build_encoder(EncoderConfig(source="random", width=32, depth=4, heads=2, trainable_blocks=k))
+
+    trainable = [any(p.requires_grad for p in b.parameters()) for b in bundle.encoder.blocks]
+
+    assert trainable == [False] * (4 - k) + [True] * k
+
+
+def test_default_trains_half_the_blocks_and_too_many_is_a_config_error() -> None:
+    bundle = build_encoder(TINY_ENCODER)
+    assert [any(p.requires_grad for p in b.parameters()) for b in bundle.encoder.blocks] == [False, False, True, True]
+    with pytest.raises(ConfigError, match="trainable_blocks"):
+        build_encoder(EncoderConfig(source="random", width=32, depth=4, heads=2, trainable_blocks=5))
+
+
+@pytest.mark.parametrize("fusion", FUSIONS.names())
+@pytest.mark.parametrize("head", ["client", "server"])
+def test_fusions_and_head_placements(fusion: str, head: str) -> None:
+    modalities = {"image": ModalitySpec("image", (3, 16, 16)), "audio": ModalitySpec("audio", (1, 16, 24))}
+    spec = DatasetSpec("t", modalities, 5)
+    cfg = ModelConfig(encoder=TINY_ENCODER, fusion=fusion, head=head,
+                      image=TokenizerConfig(patch=(4, 4)), audio=TokenizerConfig(patch=(4, 4)))
+    client, server = build_split_model(cfg, spec, seed=0)
+
+    out = server(client.embed({"image": _inputs("image", 2), "audio": _inputs("audio", 2)}))
+    logits = client.head(out)
+
+    assert out.shape == ((2, 2, 32) if head == "client" else (2, 5))
+    assert logits.shape == (2, 5)
+
+
+def test_late_fusion_keeps_modalities_apart_and_early_does_not() -> None:
+    bundle = build_encoder(TINY_ENCODER)
+    a, b = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
+    b_changed = b + 1.0
+
+    early = FUSIONS.get("early")(bundle.encoder, [a, b]), FUSIONS.get("early")(bundle.encoder, [a, b_changed])
+    late = FUSIONS.get("late")(bundle.encoder, [a, b]), FUSIONS.get("late")(bundle.encoder, [a, b_changed])
+
+    assert not torch.allclose(early[0][:, 0], early[1][:, 0])  # image CLS attends to audio tokens
+    torch.testing.assert_close(late[0][:, 0], late[1][:, 0])  # image CLS never sees audio
+
+
+def test_real_minilm_weights_load_offline_and_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: any attempt to reach a hub would fail loudly
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    from safetensors.torch import load_file
+
+    # Execute
+    bundle = build_encoder(EncoderConfig(source="minilm"))
+    out = bundle.encoder(torch.randn(2, 9, 384))
+
+    # Assert: the real checkpoint's weights, not a random init
+    state = load_file(str(minilm_dir() / "model.safetensors"))
+    key = next(k for k in state if k.endswith("encoder.layer.5.output.dense.weight"))
+    assert torch.equal(bundle.encoder.blocks[5].output.dense.weight, state[key])
+    assert bundle.encoder.depth == 6 and bundle.width == 384
+    assert bundle.word_embeddings.num_embeddings == 30522
+    assert out.shape == (2, 9, 384) and torch.isfinite(out).all()
+
+
+def test_missing_model_directory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"config\.json"):
+        ENCODERS.get("hf-bert")(EncoderConfig(source="hf-bert", path=str(tmp_path)))
+    with pytest.raises(ConfigError, match="unknown encoder source 'gpt'"):
+        build_encoder(EncoderConfig(source="gpt"))
