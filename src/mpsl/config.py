@@ -59,6 +59,7 @@ class ModelConfig:
     image: TokenizerConfig = field(default_factory=TokenizerConfig)
     audio: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(patch=(8, 8)))
     fusion: Literal["early", "late"] = "early"
+    pooling: Literal["cls", "mean"] = "cls"  # one feature per modality: its CLS output, or its token mean
     head: Literal["client", "server"] = "client"  # client: labels never leave the client
 
 

@@ -8,7 +8,7 @@ import torch
 from mpsl.config import EncoderConfig, ModelConfig, TokenizerConfig
 from mpsl.data import DatasetSpec, ModalitySpec
 from mpsl.errors import ConfigError, ModelError
-from mpsl.models import ENCODERS, FUSIONS, TOKENIZERS, build_encoder, build_split_model
+from mpsl.models import ENCODERS, FUSIONS, POOLINGS, TOKENIZERS, build_encoder, build_split_model
 from mpsl.models.encoder import minilm_dir
 from mpsl.models.tokenizers import build_tokenizer
 
@@ -81,9 +81,10 @@ def test_late_fusion_keeps_modalities_apart_and_early_does_not() -> None:
     bundle = build_encoder(TINY_ENCODER)
     a, b = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
     b_changed = b + 1.0
+    cls = POOLINGS.get("cls")
 
-    early = FUSIONS.get("early")(bundle.encoder, [a, b]), FUSIONS.get("early")(bundle.encoder, [a, b_changed])
-    late = FUSIONS.get("late")(bundle.encoder, [a, b]), FUSIONS.get("late")(bundle.encoder, [a, b_changed])
+    early = FUSIONS.get("early")(bundle.encoder, [a, b], cls), FUSIONS.get("early")(bundle.encoder, [a, b_changed], cls)
+    late = FUSIONS.get("late")(bundle.encoder, [a, b], cls), FUSIONS.get("late")(bundle.encoder, [a, b_changed], cls)
 
     assert not torch.allclose(early[0][:, 0], early[1][:, 0])  # image CLS attends to audio tokens
     torch.testing.assert_close(late[0][:, 0], late[1][:, 0])  # image CLS never sees audio

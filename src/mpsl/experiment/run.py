@@ -64,9 +64,9 @@ def run_method(cfg: Config, dataset: Dataset, method: str, out_dir: Path) -> dic
         test_acc = accuracy(merged, sim.server.model, dataset.test, task, cfg.eval.batch_size)
         history.append({"epoch": epoch + 1, **stats, "test_accuracy": test_acc,
                         "seconds": time.perf_counter() - t0})
-        if cfg.progress:
-            print(f"{method:>12} epoch {epoch + 1}/{cfg.train.epochs}: train loss {stats['train_loss']:.4f}, "
-                  f"train acc {stats['train_accuracy']:.3f}, test acc {test_acc:.3f}", flush=True)
+        print(f"{method:>12} epoch {epoch + 1}/{cfg.train.epochs}: train loss {stats['train_loss']:.4f}, "
+              f"train acc {stats['train_accuracy']:.3f}, test acc {test_acc:.3f} "
+              f"({history[-1]['seconds']:.0f} s)", flush=True)
 
     merged = _global_model(sim)
     final: dict[str, Any] = {"test_accuracy": history[-1]["test_accuracy"]}

@@ -83,13 +83,17 @@ def load_bert_dir(path: Path, dropout: float) -> EncoderBundle:
     if not weights:
         raise ModelError(f"no model.safetensors or pytorch_model.bin in {path}")
     hf_logging.disable_progress_bar()
-    config = BertConfig.from_pretrained(path, local_files_only=True)
-    config.hidden_dropout_prob = dropout
-    config.attention_probs_dropout_prob = dropout
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the unused pooler weights are expected, not news
     try:
+        config = BertConfig.from_pretrained(path, local_files_only=True)
+        config.hidden_dropout_prob = dropout
+        config.attention_probs_dropout_prob = dropout
         model = BertModel.from_pretrained(path, config=config, local_files_only=True, add_pooling_layer=False)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     return _bert_bundle(model, path if (path / "vocab.txt").is_file() else None)
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from mpsl.config import ModelConfig
 from mpsl.data.spec import DatasetSpec
 from mpsl.models.encoder import EncoderBundle, SharedEncoder, build_encoder
-from mpsl.models.fusion import FUSIONS
+from mpsl.models.fusion import FUSIONS, POOLINGS
 from mpsl.models.heads import ClassifierHead
 from mpsl.models.tokenizers import build_tokenizer
 
@@ -38,17 +38,18 @@ class ClientModel(nn.Module):
 class ServerModel(nn.Module):
     """The shared encoder, the fusion, and with `head: server` the task head."""
 
-    def __init__(self, encoder: SharedEncoder, fusion: str, head: nn.Module, modalities: list[str]) -> None:
+    def __init__(self, encoder: SharedEncoder, fusion: str, pooling: str, head: nn.Module,
+                 modalities: list[str]) -> None:
         super().__init__()
         self.encoder = encoder
-        self.fusion_name = fusion
         self.fusion = FUSIONS.get(fusion)
+        self.pool = POOLINGS.get(pooling)
         self.head = head
         self.modalities = list(modalities)
 
     def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         ordered = [tokens[m] for m in self.modalities]  # fixed modality order: m -> [B, T_m, D]
-        return self.head(self.fusion(self.encoder, ordered))  # [B, M, D] or [B, C]
+        return self.head(self.fusion(self.encoder, ordered, self.pool))  # [B, M, D] or [B, C]
 
 
 def build_split_model(cfg: ModelConfig, spec: DatasetSpec, seed: int) -> tuple[ClientModel, ServerModel]:
@@ -59,7 +60,7 @@ def build_split_model(cfg: ModelConfig, spec: DatasetSpec, seed: int) -> tuple[C
     head = ClassifierHead(bundle.width, spec.num_classes)
     client_head, server_head = (head, nn.Identity()) if cfg.head == "client" else (nn.Identity(), head)
     client = ClientModel(tokenizers, client_head)
-    server = ServerModel(bundle.encoder, cfg.fusion, server_head, list(spec.modalities))
+    server = ServerModel(bundle.encoder, cfg.fusion, cfg.pooling, server_head, list(spec.modalities))
     return client, server
 
 
