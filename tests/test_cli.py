@@ -66,3 +66,38 @@ def test_list_shows_the_registries(tmp_path: Path) -> None:
 
     assert proc.returncode == 0
     assert "avdigits" in proc.stdout and "dirichlet" in proc.stdout and "minilm" in proc.stdout
+
+
+def test_import_registers_a_users_own_dataset(tmp_path: Path) -> None:
+    # Prepare: a user's module that registers a dataset under a new name
+    (tmp_path / "my_data.py").write_text(
+        "import torch\n"
+        "from mpsl.data import DATASETS, Dataset, DatasetSpec, ModalitySpec, SplitData\n"
+        "from mpsl.data.sources import DatasetSource\n"
+        "def load(cfg):\n"
+        "    g = torch.Generator().manual_seed(cfg.seed)\n"
+        "    def split(n):\n"
+        "        y = torch.randint(0, 3, (n,), generator=g)\n"
+        "        return SplitData({'img': torch.randn(n, 1, 8, 8, generator=g) + y[:, None, None, None]}, y)\n"
+        "    spec = DatasetSpec('mine', {'img': ModalitySpec('image', (1, 8, 8))}, num_classes=3)\n"
+        "    return Dataset(spec, split(cfg.train_size), split(cfg.test_size))\n"
+        "DATASETS.register('mine')(DatasetSource(lambda cfg, progress: None, load, 'my own data'))\n"
+    )
+    config = tmp_path / "mine.yaml"
+    config.write_text("name: mine\nmethods: [mpsl]\ndata: {name: mine}\n")
+
+    # Execute
+    proc = _mpsl("run", str(config), "-i", "my_data", *[o for o in TINY if not o.startswith("data.name")],
+                 f"out_dir={tmp_path}", cwd=tmp_path)
+
+    # Assert
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "mine" / "mpsl" / "results.json").read_text())
+    assert results["dataset"] == "mine"
+    assert "test_accuracy_img_only" not in results["final"]  # one modality: no ablation
+
+
+def test_unknown_import_is_one_line(tmp_path: Path) -> None:
+    proc = _mpsl("run", "x.yaml", "-i", "no_such_module_xyz", cwd=tmp_path)
+
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no_such_module_xyz" in proc.stderr

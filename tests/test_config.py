@@ -3,19 +3,32 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from mpsl.config import Config, client_batch_size, load_config, to_dict
+from mpsl.config import DEMO_CONFIG, Config, client_batch_size, client_batch_sizes, load_config, to_dict
 from mpsl.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_demo_config_file_spells_out_the_defaults() -> None:
-    # Prepare / Execute
-    from_file = load_config(REPO / "configs" / "avdigits.yaml")
+def _leaf_keys(tree: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in tree.items():
+        keys |= _leaf_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+    return keys
 
-    # Assert: `mpsl demo` (the defaults) and the documented config file cannot drift apart
-    assert from_file == Config()
+
+def test_demo_config_is_valid_and_shows_every_key() -> None:
+    # Prepare
+    text = DEMO_CONFIG.read_text()
+
+    # Execute
+    cfg = load_config(DEMO_CONFIG)
+
+    # Assert: the file people copy documents every setting there is
+    assert _leaf_keys(yaml.safe_load(text)) == _leaf_keys(to_dict(Config()))
+    assert cfg.name == "avdigits-demo" and cfg.data.name == "avdigits"
+    assert (REPO / "configs" / "avdigits.yaml").read_text() == text
 
 
 def test_overrides_are_typed_and_nested() -> None:
@@ -79,3 +92,21 @@ def test_replace_round_trips_through_validation() -> None:
     assert to_dict(cfg.replace())["model"]["encoder"]["source"] == "minilm"
     with pytest.raises(ConfigError, match=r"train\.batch_size"):
         cfg.replace(**{"train.batch_size": 0})
+
+
+def test_equal_client_batches_are_ceil_b_over_n() -> None:
+    cfg = load_config(None, ["num_clients=3", "train.batch_size=10"])
+
+    assert client_batch_sizes(cfg, [100, 5, 40]) == [4, 4, 4]
+
+
+def test_proportional_client_batches_finish_together() -> None:
+    cfg = load_config(None, ["num_clients=3", "train.batch_size=10", "train.client_batch=proportional"])
+    shards = [100, 5, 40]
+
+    sizes = client_batch_sizes(cfg, shards)
+
+    steps_needed = [-(-n // b) for n, b in zip(shards, sizes, strict=True)]
+    assert max(steps_needed) == -(-sum(shards) // 10)  # the centralized number of steps
+    assert sizes[0] > sizes[2] > sizes[1] >= 1
+    assert sum(sizes) <= 10 + len(shards)  # about B per step

@@ -15,6 +15,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train the methods of a config and write runs/<name>/")
     run.add_argument("config", help="YAML config file")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.epochs=2 model.head=server")
+    run.add_argument("-i", "--import", dest="imports", action="append", default=[], metavar="MODULE",
+                     help="import a module first, e.g. one that registers your own dataset (repeatable)")
 
     demo = sub.add_parser("demo", help="MPSL vs centralized on the embedded avdigits dataset")
     demo.add_argument("overrides", nargs="*", metavar="key=value")
@@ -29,11 +31,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _import_plugins(modules: list[str]) -> None:
+    """User modules that register datasets, encoders or methods before the config is checked."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise MpslError(f"--import {name}: {exc}") from None
+
+
 def _run(args: argparse.Namespace) -> None:
-    from mpsl.config import load_config
+    from mpsl.config import DEMO_CONFIG, load_config
     from mpsl.experiment.run import run_experiment
 
-    cfg = load_config(args.config if args.command == "run" else None, args.overrides)
+    _import_plugins(getattr(args, "imports", []))
+    cfg = load_config(args.config if args.command == "run" else DEMO_CONFIG, args.overrides)
     run_experiment(cfg)
 
 

@@ -1,4 +1,4 @@
-"""Typed, frozen run configuration: defaults are the demo, YAML files and `key=value` overrides refine it.
+"""Typed, frozen run configuration: defaults follow the paper, YAML files and `key=value` overrides refine it.
 
 Every error names the offending key and says what was expected, so a typo never silently falls back
 to a default.
@@ -49,15 +49,15 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    patch: tuple[int, int] = (7, 7)
+    patch: tuple[int, int] = (16, 16)
     stride: tuple[int, int] | None = None  # None: same as patch (no overlap)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    image: TokenizerConfig = field(default_factory=TokenizerConfig)
-    audio: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(patch=(8, 8)))
+    image: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(patch=(16, 16)))  # ViT-B/16
+    audio: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(patch=(16, 16), stride=(10, 10)))  # AST
     fusion: Literal["early", "late"] = "early"
     pooling: Literal["cls", "mean"] = "cls"  # one feature per modality: its CLS output, or its token mean
     head: Literal["client", "server"] = "client"  # client: labels never leave the client
@@ -65,10 +65,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 3
-    batch_size: int = 64  # global batch B; each client takes ceil(B / num_clients)
+    epochs: int = 15
+    batch_size: int = 64  # global batch B
+    # equal: every client sends ceil(B / N) per step (paper); proportional: client k sends its share
+    # n_k / n of B, so all clients run out together and every step's batch mixes all of them
+    client_batch: Literal["equal", "proportional"] = "equal"
     server_lr: float = 1e-4
-    client_lr: float = 1e-3
+    client_lr: float = 1e-4
     lr_step: int = 5  # StepLR period in epochs (paper: 5)
     lr_gamma: float = 0.1
     weight_decay: float = 0.0
@@ -83,7 +86,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class Config:
-    name: str = "avdigits-demo"
+    name: str = "mpsl"
     seed: int = 2024
     num_clients: int = 8
     methods: tuple[str, ...] = ("mpsl", "centralized")
@@ -105,6 +108,9 @@ class Config:
 
 # ---------------------------------------------------------------------------------------------
 # loading
+
+
+DEMO_CONFIG = Path(__file__).parent / "configs" / "avdigits.yaml"
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -291,3 +297,16 @@ def client_batch_size(cfg: Config, num_clients: int | None = None) -> int:
     """b = ceil(B / N), the paper's per-client mini-batch."""
     n = cfg.num_clients if num_clients is None else num_clients
     return -(-cfg.train.batch_size // n)
+
+
+def client_batch_sizes(cfg: Config, shard_sizes: list[int]) -> list[int]:
+    """Per-client mini-batch sizes for `train.client_batch`.
+
+    Under label skew, equal batches leave the big clients alone for the tail of each epoch, so the
+    server trains on small single-client (single-label-mix) batches; proportional batches keep
+    every step a mix of all clients, of about B samples.
+    """
+    if cfg.train.client_batch == "equal":
+        return [client_batch_size(cfg, len(shard_sizes))] * len(shard_sizes)
+    steps = -(-sum(shard_sizes) // cfg.train.batch_size)  # ceil(n / B)
+    return [max(1, -(-n // steps)) for n in shard_sizes]  # ceil(n_k / steps)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mpsl.config import Config, client_batch_size
+from mpsl.config import Config, client_batch_sizes
 from mpsl.data import Dataset, SplitData, partition
 from mpsl.models import ClientModel, build_split_model
 from mpsl.protocol import SplitClient, SplitServer
@@ -60,9 +60,9 @@ def build_simulation(cfg: Config, dataset: Dataset, method: str) -> Simulation:
     shards = METHODS.get(method)(cfg, dataset)
     template, server_model = build_split_model(cfg.model, dataset.spec, cfg.seed)
     task = TASKS.get(dataset.spec.task)()
-    batch = client_batch_size(cfg, len(shards))
+    batches = client_batch_sizes(cfg, [len(s) for s in shards])
     clients = []
-    for k, shard in enumerate(shards):
+    for k, (shard, batch) in enumerate(zip(shards, batches, strict=True)):
         model = copy.deepcopy(template)
         opt = adam(model.parameters(), cfg.train.client_lr, cfg.train.weight_decay)
         clients.append(SplitClient(k, model, shard, task, batch, opt, step_lr(opt, cfg), seed=cfg.seed * 1009 + k))
