@@ -7,7 +7,7 @@ from mpsl.config import Config, load_config
 TINY = [
     "data.name=synthetic-av", "data.train_size=96", "data.test_size=48",
     "model.encoder.source=random", "model.encoder.width=32", "model.encoder.depth=2",
-    "model.encoder.heads=2", "model.image.patch=[4,4]", "model.audio.patch=[4,4]",
+    "model.encoder.heads=2", "model.image.patch=[4,4]", "model.audio.patch=[4,4]", "model.audio.stride=null",
     "num_clients=3", "train.batch_size=12", "train.epochs=1", "progress=false",
 ]
 

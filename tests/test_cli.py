@@ -87,7 +87,7 @@ def test_import_registers_a_users_own_dataset(tmp_path: Path) -> None:
     config.write_text("name: mine\nmethods: [mpsl]\ndata: {name: mine}\n")
 
     # Execute
-    proc = _mpsl("run", str(config), "-i", "my_data", *[o for o in TINY if not o.startswith("data.name")],
+    proc = _mpsl("run", "-i", "my_data", str(config), *[o for o in TINY if not o.startswith("data.name")],
                  f"out_dir={tmp_path}", cwd=tmp_path)
 
     # Assert
@@ -98,6 +98,6 @@ def test_import_registers_a_users_own_dataset(tmp_path: Path) -> None:
 
 
 def test_unknown_import_is_one_line(tmp_path: Path) -> None:
-    proc = _mpsl("run", "x.yaml", "-i", "no_such_module_xyz", cwd=tmp_path)
+    proc = _mpsl("run", "-i", "no_such_module_xyz", "x.yaml", cwd=tmp_path)
 
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no_such_module_xyz" in proc.stderr

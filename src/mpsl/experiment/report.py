@@ -52,7 +52,8 @@ def accuracy_plot(results: Sequence[dict[str, Any]], path: Path, title: str) -> 
     for r in results:
         epochs = [h["epoch"] for h in r["history"]]
         acc = [100 * h["test_accuracy"] for h in r["history"]]
-        label = f"{r['method']} ({r['num_clients']} client{'s' if r['num_clients'] > 1 else ''})"
+        n = r["num_clients"]
+        label = f"{r['method']} ({n} clients)" if n > 1 else f"{r['method']} (pooled data)"
         ax.plot(epochs, acc, marker="o", label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
