@@ -101,3 +101,29 @@ def test_unknown_import_is_one_line(tmp_path: Path) -> None:
     proc = _mpsl("run", "-i", "no_such_module_xyz", "x.yaml", cwd=tmp_path)
 
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no_such_module_xyz" in proc.stderr
+
+
+def test_report_redoes_the_summary_byte_for_byte(tmp_path: Path) -> None:
+    # Prepare: a finished run
+    config = tmp_path / "tiny.yaml"
+    config.write_text("name: rep\n")
+    assert _mpsl("run", str(config), *TINY, f"out_dir={tmp_path}", cwd=tmp_path).returncode == 0
+    summary = tmp_path / "rep" / "summary.md"
+    before = summary.read_bytes()
+    summary.unlink()
+    (tmp_path / "rep" / "accuracy.png").unlink()
+
+    # Execute
+    proc = _mpsl("report", str(tmp_path / "rep"), cwd=tmp_path)
+
+    # Assert
+    assert proc.returncode == 0, proc.stderr
+    assert summary.read_bytes() == before
+    assert (tmp_path / "rep" / "accuracy.png").stat().st_size > 10_000
+    assert before.decode().index("| mpsl ") < before.decode().index("| centralized ")
+
+
+def test_report_on_a_folder_without_results(tmp_path: Path) -> None:
+    proc = _mpsl("report", str(tmp_path), cwd=tmp_path)
+
+    assert proc.returncode == 2 and "not a run folder" in proc.stderr

@@ -1,4 +1,4 @@
-"""Command line: `mpsl run`, `mpsl demo`, `mpsl data prepare`, `mpsl list`."""
+"""Command line: `mpsl run`, `mpsl demo`, `mpsl data prepare`, `mpsl report`, `mpsl list`."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     prepare = data_sub.add_parser("prepare", help="build a dataset's cache (re-used when present)")
     prepare.add_argument("name")
     prepare.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.cache_dir=/tmp/mpsl")
+
+    report = sub.add_parser("report", help="redo summary.md and accuracy.png of a run folder from its results")
+    report.add_argument("run_dir", help="e.g. runs/avdigits-demo")
 
     sub.add_parser("list", help="registered datasets, encoders, methods, fusions, partitions")
     return parser
@@ -59,6 +62,15 @@ def _prepare(args: argparse.Namespace) -> None:
     print(f"{args.name} ready in {prepare_dataset(cfg.data)}")
 
 
+def _report(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mpsl.experiment.run import load_results, write_reports
+
+    run_dir = Path(args.run_dir)
+    write_reports(run_dir, load_results(run_dir))
+
+
 def _list(args: argparse.Namespace) -> None:
     from mpsl.data import DATASETS, PARTITIONS
     from mpsl.experiment.setup import METHODS
@@ -73,7 +85,7 @@ def _list(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"run": _run, "demo": _run, "data": _prepare, "list": _list}
+    commands = {"run": _run, "demo": _run, "data": _prepare, "report": _report, "list": _list}
     try:
         commands[args.command](args)
     except MpslError as exc:

@@ -122,6 +122,35 @@ def _traffic(sim: Simulation) -> dict[str, float]:
     }
 
 
+def write_reports(run_dir: Path, results: list[dict[str, Any]]) -> None:
+    """summary.md and accuracy.png from results alone, so `mpsl report` can redo them without training."""
+    from mpsl.experiment.report import accuracy_plot, results_table
+
+    table = results_table(results)
+    (run_dir / "summary.md").write_text(f"# {run_dir.name}\n\n{table}")
+    first = results[0]
+    plot = accuracy_plot(results, run_dir / "accuracy.png",
+                         f"{first['dataset']}: test accuracy ({first['config']['num_clients']} clients)")
+    print(f"\n{table}\nwrote {run_dir / 'summary.md'}, {plot} and results.json per method under {run_dir}")
+
+
+def load_results(run_dir: Path) -> list[dict[str, Any]]:
+    """The saved results of a run folder, in the order its config listed the methods."""
+    from mpsl.errors import MpslError
+
+    files = sorted(run_dir.glob("*/results.json"))
+    if not files:
+        raise MpslError(f"no <method>/results.json under {run_dir}: not a run folder")
+    results = []
+    for f in files:
+        try:
+            results.append(json.loads(f.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise MpslError(f"{f} is not valid JSON: {exc}") from None
+    order = results[0].get("config", {}).get("methods", [])
+    return sorted(results, key=lambda r: order.index(r["method"]) if r["method"] in order else len(order))
+
+
 def check_names(cfg: Config) -> None:
     """Registry names in the config, checked before any data is prepared or model loaded."""
     from mpsl.data import DATASETS
@@ -138,15 +167,10 @@ def run_experiment(cfg: Config) -> list[dict[str, Any]]:
     """Every method in cfg.methods on the same data and seed; writes runs/<name>/{<method>/results.json,
     summary.md, accuracy.png} and prints the table."""
     from mpsl.data import load_dataset
-    from mpsl.experiment.report import accuracy_plot, results_table
 
     check_names(cfg)
     dataset = load_dataset(cfg.data)
     run_dir = Path(cfg.out_dir) / cfg.name
     results = [run_method(cfg, dataset, method, run_dir / method) for method in cfg.methods]
-    table = results_table(results)
-    (run_dir / "summary.md").write_text(f"# {cfg.name}\n\n{table}")
-    plot = accuracy_plot(results, run_dir / "accuracy.png",
-                         f"{dataset.spec.name}: test accuracy ({cfg.num_clients} clients)")
-    print(f"\n{table}\nwrote {run_dir / 'summary.md'}, {plot} and results.json per method under {run_dir}")
+    write_reports(run_dir, results)
     return results
