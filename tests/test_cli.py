@@ -127,3 +127,28 @@ def test_report_on_a_folder_without_results(tmp_path: Path) -> None:
     proc = _mpsl("report", str(tmp_path), cwd=tmp_path)
 
     assert proc.returncode == 2 and "not a run folder" in proc.stderr
+
+
+def test_demo_runs_the_packaged_config(tmp_path: Path) -> None:
+    # Prepare: the demo's own config, shrunk to seconds (random encoder, tiny data)
+    small = [f"data.cache_dir={tmp_path / 'cache'}", "data.train_size=80", "data.test_size=40", "train.epochs=1",
+             "model.encoder.source=random", "model.encoder.width=32", "model.encoder.depth=2",
+             "model.encoder.heads=2", "model.encoder.trainable_blocks=1", "progress=false", f"out_dir={tmp_path}"]
+
+    # Execute
+    proc = _mpsl("demo", *small, cwd=tmp_path)
+
+    # Assert
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "avdigits-demo"
+    results = json.loads((run / "mpsl" / "results.json").read_text())
+    assert results["dataset"] == "avdigits" and results["num_clients"] == 8
+    assert results["config"]["model"]["image"]["patch"] == [14, 14]  # from the packaged demo config
+    assert {"test_accuracy_image_only", "test_accuracy_audio_only"} <= set(results["final"])
+    assert (run / "centralized" / "results.json").is_file() and (run / "accuracy.png").is_file()
+
+
+def test_prepare_unknown_dataset_is_one_line(tmp_path: Path) -> None:
+    proc = _mpsl("data", "prepare", "imagenet", cwd=tmp_path)
+
+    assert proc.returncode == 2 and "unknown dataset 'imagenet'" in proc.stderr and "Traceback" not in proc.stderr
