@@ -15,11 +15,12 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train the methods of a config and write runs/<name>/")
     run.add_argument("config", help="YAML config file")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.epochs=2 model.head=server")
-    run.add_argument("-i", "--import", dest="imports", action="append", default=[], metavar="MODULE",
-                     help="import a module first, e.g. one that registers your own dataset (repeatable)")
 
     demo = sub.add_parser("demo", help="MPSL vs centralized on the embedded avdigits dataset")
     demo.add_argument("overrides", nargs="*", metavar="key=value")
+    for training in (run, demo):
+        training.add_argument("-i", "--import", dest="imports", action="append", default=[], metavar="MODULE",
+                              help="import a module first, e.g. one that registers your own dataset (repeatable)")
 
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -49,7 +50,7 @@ def _run(args: argparse.Namespace) -> None:
     from mpsl.config import DEMO_CONFIG, load_config
     from mpsl.experiment.run import run_experiment
 
-    _import_plugins(getattr(args, "imports", []))
+    _import_plugins(args.imports)
     cfg = load_config(args.config if args.command == "run" else DEMO_CONFIG, args.overrides)
     run_experiment(cfg)
 

@@ -15,6 +15,7 @@ from tqdm import tqdm
 import mpsl
 from mpsl.config import Config, to_dict
 from mpsl.data import Dataset
+from mpsl.errors import MpslError
 from mpsl.experiment.accounting import trainable_parameters, training_flops
 from mpsl.experiment.evaluate import accuracy, fedavg, modality_ablations
 from mpsl.experiment.setup import Simulation, build_simulation
@@ -107,7 +108,7 @@ def _global_model(sim: Simulation):
     """FedAvg of the client models weighted by samples seen; used for evaluation only, never sent back."""
     if len(sim.clients) == 1:
         return sim.clients[0].model
-    return fedavg([c.model for c in sim.clients], [max(c.samples_seen, 0) for c in sim.clients])
+    return fedavg([c.model for c in sim.clients], [c.samples_seen for c in sim.clients])
 
 
 def _traffic(sim: Simulation) -> dict[str, float]:
@@ -136,8 +137,6 @@ def write_reports(run_dir: Path, results: list[dict[str, Any]]) -> None:
 
 def load_results(run_dir: Path) -> list[dict[str, Any]]:
     """The saved results of a run folder, in the order its config listed the methods."""
-    from mpsl.errors import MpslError
-
     files = sorted(run_dir.glob("*/results.json"))
     if not files:
         raise MpslError(f"no <method>/results.json under {run_dir}: not a run folder")

@@ -6,8 +6,6 @@ gets an identity in its place, so the protocol code never asks where the head is
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
@@ -62,7 +60,3 @@ def build_split_model(cfg: ModelConfig, spec: DatasetSpec, seed: int) -> tuple[C
     client = ClientModel(tokenizers, client_head)
     server = ServerModel(bundle.encoder, cfg.fusion, cfg.pooling, server_head, list(spec.modalities))
     return client, server
-
-
-def clone(module: nn.Module) -> nn.Module:
-    return copy.deepcopy(module)

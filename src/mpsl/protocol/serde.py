@@ -147,6 +147,11 @@ def _read_tensor(frame: bytes, offset: int, entry: Any) -> tuple[torch.Tensor, i
     return tensor, offset + nbytes
 
 
+def framing_nbytes(frame: bytes) -> int:
+    """Prefix + header bytes of an encoded frame: everything that is not tensor payload."""
+    return _PREFIX.size + _PREFIX.unpack_from(frame)[2]
+
+
 def payload_nbytes(msg: Any, wire_dtype: str = "float32") -> int:
     """numel x element size of every tensor in a message: what must cross the wire, without framing."""
     size = torch.empty((), dtype=DTYPES[wire_dtype]).element_size()

@@ -12,7 +12,7 @@ from typing import Any
 
 from mpsl.protocol.client import SplitClient
 from mpsl.protocol.messages import CutGrad, FeatureGrad, Features, Tokens
-from mpsl.protocol.serde import Codec, payload_nbytes
+from mpsl.protocol.serde import Codec, framing_nbytes
 
 
 @dataclass
@@ -35,7 +35,7 @@ class InProcessHandle:
 
     def _carry(self, msg: Any, direction: str) -> Any:
         frame = self.codec.encode(msg)
-        payload = payload_nbytes(msg, self.codec.wire_dtype_name)
+        payload = len(frame) - framing_nbytes(frame)  # read off the frame, not recomputed from msg
         t = self.traffic
         if direction == "up":
             t.up, t.payload_up = t.up + len(frame), t.payload_up + payload
