@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mpsl.data import load_dataset
-from mpsl.experiment.setup import build_simulation
+from mpsl.experiment.methods.split_learning import Mpsl
 from mpsl.protocol import mpsl_step
 from tests.helpers import tiny_config
 
@@ -13,7 +13,7 @@ from tests.helpers import tiny_config
 def _one_epoch(head: str):
     cfg = tiny_config(f"model.head={head}", "partition.kind=iid")
     data = load_dataset(cfg.data)
-    sim = build_simulation(cfg, data, "mpsl")
+    sim = Mpsl(cfg, data)
     for h in sim.handles:
         h.start_epoch(0)
     steps = 0
@@ -53,7 +53,7 @@ def test_server_head_sends_logits_down_and_their_gradient_up() -> None:
 
 def test_decoded_messages_share_no_memory_or_graph_with_the_sender() -> None:
     cfg = tiny_config()
-    sim = build_simulation(cfg, load_dataset(cfg.data), "mpsl")
+    sim = Mpsl(cfg, load_dataset(cfg.data))
     handle, client = sim.handles[0], sim.clients[0]
 
     sent = handle.embed(step=0)

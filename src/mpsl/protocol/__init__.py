@@ -2,10 +2,10 @@
 
 from mpsl.protocol.client import SplitClient
 from mpsl.protocol.handle import ClientHandle
-from mpsl.protocol.messages import CutGrad, FeatureGrad, Features, Tokens
+from mpsl.protocol.messages import CutGrad, FeatureGrad, Features, Tokens, Weights
 from mpsl.protocol.serde import Codec, payload_nbytes
 from mpsl.protocol.server import SplitServer
 from mpsl.protocol.step import StepResult, mpsl_step
 
 __all__ = ["ClientHandle", "Codec", "CutGrad", "FeatureGrad", "Features", "SplitClient", "SplitServer",
-           "StepResult", "Tokens", "mpsl_step", "payload_nbytes"]
+           "StepResult", "Tokens", "Weights", "mpsl_step", "payload_nbytes"]

@@ -4,6 +4,11 @@
     down  Features     CLS features or logits     [b, M, D] (head on client) or [b, C] (head on server)
     up    FeatureGrad  d(w_k L_k)/d features      same shape as the features, plus loss and metrics
     down  CutGrad      dL/dz, this client's slice m -> [b, T_m, D]
+
+The federated baselines (FedAvg, SplitFed) also move model weights, as one more message type, so
+their traffic is encoded and counted by the same codec:
+
+    both  Weights      parameter name -> tensor (trainable parameters only)
 """
 
 from __future__ import annotations
@@ -46,4 +51,11 @@ class CutGrad:
     grads: dict[str, torch.Tensor]  # modality -> [b, T_m, D]
 
 
-MESSAGE_TYPES: dict[str, type] = {cls.__name__: cls for cls in (Tokens, Features, FeatureGrad, CutGrad)}
+@dataclass
+class Weights:
+    round: int
+    num_samples: int  # samples the sender trained on this round: the FedAvg weight (0 from the server)
+    tensors: dict[str, torch.Tensor]  # parameter name -> tensor
+
+
+MESSAGE_TYPES: dict[str, type] = {cls.__name__: cls for cls in (Tokens, Features, FeatureGrad, CutGrad, Weights)}

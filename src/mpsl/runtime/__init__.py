@@ -1,5 +1,6 @@
 """Runtimes move MPSL messages between the step and the clients; they know no model classes."""
 
-from mpsl.runtime.inprocess import InProcessHandle, Traffic
+from mpsl.runtime.inprocess import InProcessHandle
+from mpsl.runtime.traffic import Traffic, carry
 
-__all__ = ["InProcessHandle", "Traffic"]
+__all__ = ["InProcessHandle", "Traffic", "carry"]
