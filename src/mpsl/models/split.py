@@ -11,6 +11,7 @@ from torch import nn
 
 from mpsl.config import ModelConfig
 from mpsl.data.spec import DatasetSpec
+from mpsl.models.adapters import ADAPTERS
 from mpsl.models.encoder import EncoderBundle, SharedEncoder, build_encoder
 from mpsl.models.fusion import FUSIONS, POOLINGS
 from mpsl.models.heads import ClassifierHead
@@ -34,20 +35,34 @@ class ClientModel(nn.Module):
 
 
 class ServerModel(nn.Module):
-    """The shared encoder, the fusion, and with `head: server` the task head."""
+    """The shared encoder, the fusion, an optional feature adapter, and with `head: server` the head."""
 
     def __init__(self, encoder: SharedEncoder, fusion: str, pooling: str, head: nn.Module,
-                 modalities: list[str]) -> None:
+                 modalities: list[str], adapter: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.fusion = FUSIONS.get(fusion)
         self.pool = POOLINGS.get(pooling)
+        self.adapter = adapter if adapter is not None else nn.Identity()
         self.head = head
         self.modalities = list(modalities)
 
     def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         ordered = [tokens[m] for m in self.modalities]  # fixed modality order: m -> [B, T_m, D]
-        return self.head(self.fusion(self.encoder, ordered, self.pool))  # [B, M, D] or [B, C]
+        features = self.adapter(self.fusion(self.encoder, ordered, self.pool))  # [B, M, D]
+        return self.head(features)  # [B, M, D] or [B, C]
+
+
+class WholeModel(nn.Module):
+    """Both halves joined with no cut: what centralized training and the FL baselines train."""
+
+    def __init__(self, client: ClientModel, server: ServerModel) -> None:
+        super().__init__()
+        self.client = client
+        self.server = server
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.client.head(self.server(self.client.embed(inputs)))  # [b, C]
 
 
 def build_split_model(cfg: ModelConfig, spec: DatasetSpec, seed: int) -> tuple[ClientModel, ServerModel]:
@@ -58,5 +73,6 @@ def build_split_model(cfg: ModelConfig, spec: DatasetSpec, seed: int) -> tuple[C
     head = ClassifierHead(bundle.width, spec.num_classes)
     client_head, server_head = (head, nn.Identity()) if cfg.head == "client" else (nn.Identity(), head)
     client = ClientModel(tokenizers, client_head)
-    server = ServerModel(bundle.encoder, cfg.fusion, cfg.pooling, server_head, list(spec.modalities))
+    adapter = ADAPTERS.get(cfg.adapter)(bundle.width, list(spec.modalities))
+    server = ServerModel(bundle.encoder, cfg.fusion, cfg.pooling, server_head, list(spec.modalities), adapter)
     return client, server

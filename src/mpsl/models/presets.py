@@ -1,0 +1,27 @@
+"""The paper's backbone sweep as named architecture shapes (ViT naming: width / depth / heads / patch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mpsl.registry import Registry
+
+
+@dataclass(frozen=True)
+class ArchPreset:
+    width: int
+    depth: int
+    heads: int
+    patch: int
+    mlp_ratio: float = 4.0
+
+
+PRESETS: Registry[ArchPreset] = Registry("preset")
+for _name, _preset in {
+    "vit-ti16": ArchPreset(192, 12, 3, 16),
+    "vit-s16": ArchPreset(384, 12, 6, 16),
+    "vit-b16": ArchPreset(768, 12, 12, 16),
+    "vit-l14": ArchPreset(1024, 24, 16, 14),
+    "vit-h14": ArchPreset(1280, 32, 16, 14),
+}.items():
+    PRESETS.register(_name)(_preset)
