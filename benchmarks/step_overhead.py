@@ -15,7 +15,7 @@ import torch
 
 from mpsl.config import load_config
 from mpsl.data import Dataset, DatasetSpec, ModalitySpec, SplitData
-from mpsl.experiment.setup import build_simulation
+from mpsl.experiment.methods.split_learning import Mpsl
 from mpsl.protocol import mpsl_step
 
 IMAGE, AUDIO = (1, 28, 28), (1, 32, 40)
@@ -30,12 +30,11 @@ def _dataset(n: int) -> Dataset:
 
 
 def seconds_per_step(clients: int, batch: int, steps: int, encoder: str) -> float:
-    method = "centralized" if clients == 1 else "mpsl"
     cfg = load_config(None, [f"num_clients={max(clients, 1)}", f"train.batch_size={batch}", "partition.kind=iid",
                              "model.image.patch=[14,14]", "model.audio.patch=[16,8]", "model.audio.stride=null",
                              f"model.encoder.source={encoder}", "model.encoder.trainable_blocks=6",
                              f"data.train_size={batch * (steps + 2)}", "partition.min_size=1"])
-    sim = build_simulation(cfg, _dataset(batch * (steps + 2)), method)
+    sim = Mpsl(cfg, _dataset(batch * (steps + 2)))  # one client: centralized through the same step
     for h in sim.handles:
         h.start_epoch(0)
     mpsl_step(sim.server, sim.handles, 0)  # warm-up

@@ -103,24 +103,81 @@ def test_unknown_import_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no_such_module_xyz" in proc.stderr
 
 
-def test_report_redoes_the_summary_byte_for_byte(tmp_path: Path) -> None:
-    # Prepare: a finished run
+def test_report_redoes_the_comparison_byte_for_byte(tmp_path: Path) -> None:
+    # Prepare: a finished comparison, its outputs then removed
     config = tmp_path / "tiny.yaml"
     config.write_text("name: rep\n")
-    assert _mpsl("run", str(config), *TINY, f"out_dir={tmp_path}", cwd=tmp_path).returncode == 0
-    summary = tmp_path / "rep" / "summary.md"
-    before = summary.read_bytes()
-    summary.unlink()
-    (tmp_path / "rep" / "accuracy.png").unlink()
+    assert _mpsl("compare", str(config), *TINY, f"out_dir={tmp_path}", cwd=tmp_path).returncode == 0
+    run = tmp_path / "rep"
+    saved = {name: (run / name).read_bytes() for name in ("compare.md", "compare.csv")}
+    for name in (*saved, "accuracy.png", "client_compute.png", "communication.png"):
+        (run / name).unlink()
 
     # Execute
-    proc = _mpsl("report", str(tmp_path / "rep"), cwd=tmp_path)
+    proc = _mpsl("report", str(run), cwd=tmp_path)
 
     # Assert
     assert proc.returncode == 0, proc.stderr
-    assert summary.read_bytes() == before
-    assert (tmp_path / "rep" / "accuracy.png").stat().st_size > 10_000
-    assert before.decode().index("| mpsl ") < before.decode().index("| centralized ")
+    for name, before in saved.items():
+        assert (run / name).read_bytes() == before, name
+    for png in ("accuracy.png", "client_compute.png", "communication.png"):
+        assert (run / png).stat().st_size > 10_000
+    table = saved["compare.md"].decode()
+    assert table.index("| mpsl ") < table.index("| fedavg ") < table.index("| centralized ")
+    assert len(saved["compare.csv"].decode().strip().splitlines()) == 1 + 3
+
+
+def test_compare_reuses_finished_methods_unless_settings_change_or_forced(tmp_path: Path) -> None:
+    # Prepare
+    config = tmp_path / "tiny.yaml"
+    config.write_text("name: resume\n")
+    common = [*TINY, f"out_dir={tmp_path}"]
+    assert _mpsl("compare", str(config), "--methods", "mpsl", *common, cwd=tmp_path).returncode == 0
+    mpsl_results = tmp_path / "resume" / "mpsl" / "results.json"
+    first = mpsl_results.read_bytes()
+
+    # Execute / Assert: mpsl is reused, centralized is trained
+    proc = _mpsl("compare", str(config), "--methods", "mpsl,centralized", *common, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "mpsl: reusing" in proc.stdout and mpsl_results.read_bytes() == first
+    assert (tmp_path / "resume" / "centralized" / "results.json").is_file()
+
+    # a changed setting retrains and says why; --force retrains regardless
+    proc = _mpsl("compare", str(config), "--methods", "mpsl", *common, "train.server_lr=2e-3", cwd=tmp_path)
+    assert "train.server_lr" in proc.stdout and "retraining" in proc.stdout
+    assert json.loads(mpsl_results.read_text())["config"]["train"]["server_lr"] == 2e-3
+    second = mpsl_results.read_bytes()
+    proc = _mpsl("compare", str(config), "--methods", "mpsl", "--force", *common, "train.server_lr=2e-3",
+                 cwd=tmp_path)
+    assert proc.returncode == 0 and "reusing" not in proc.stdout and mpsl_results.read_bytes() != second
+
+
+def test_eval_reloads_the_checkpoints_and_reproduces_the_accuracy(tmp_path: Path) -> None:
+    # Prepare
+    config = tmp_path / "tiny.yaml"
+    config.write_text("name: ev\nmethods: [mpsl, fedavg-adapter]\n")
+    assert _mpsl("run", str(config), *TINY, f"out_dir={tmp_path}", cwd=tmp_path).returncode == 0
+
+    # Execute
+    proc = _mpsl("eval", str(tmp_path / "ev"), cwd=tmp_path)
+
+    # Assert: saved and re-evaluated columns agree for every method
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("|")[1:4] for line in proc.stdout.splitlines() if line.startswith("| ") and "%" not in line]
+    assert [r[0].strip() for r in rows] == ["mpsl", "fedavg-adapter"]
+    assert all(r[1].strip() == r[2].strip() for r in rows), proc.stdout
+
+
+def test_eval_names_a_corrupted_checkpoint(tmp_path: Path) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text("name: bad\nmethods: [mpsl]\n")
+    assert _mpsl("run", str(config), *TINY, f"out_dir={tmp_path}", cwd=tmp_path).returncode == 0
+    checkpoint = tmp_path / "bad" / "mpsl" / "server.safetensors"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+
+    proc = _mpsl("eval", str(tmp_path / "bad"), cwd=tmp_path)
+
+    assert proc.returncode == 2 and "server.safetensors" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_report_on_a_folder_without_results(tmp_path: Path) -> None:
@@ -145,7 +202,9 @@ def test_demo_runs_the_packaged_config(tmp_path: Path) -> None:
     assert results["dataset"] == "avdigits" and results["num_clients"] == 8
     assert results["config"]["model"]["image"]["patch"] == [14, 14]  # from the packaged demo config
     assert {"test_accuracy_image_only", "test_accuracy_audio_only"} <= set(results["final"])
-    assert (run / "centralized" / "results.json").is_file() and (run / "accuracy.png").is_file()
+    for method in ("fedavg", "centralized"):
+        assert (run / method / "results.json").is_file()
+    assert (run / "compare.md").is_file() and (run / "accuracy.png").is_file()
 
 
 def test_prepare_unknown_dataset_is_one_line(tmp_path: Path) -> None:

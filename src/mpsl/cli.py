@@ -1,4 +1,4 @@
-"""Command line: `mpsl run`, `mpsl demo`, `mpsl data prepare`, `mpsl report`, `mpsl list`."""
+"""Command line: `mpsl run | compare | demo | report | eval | data prepare | list`."""
 
 from __future__ import annotations
 
@@ -16,9 +16,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="YAML config file")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.epochs=2 model.head=server")
 
-    demo = sub.add_parser("demo", help="MPSL vs centralized on the embedded avdigits dataset")
+    compare = sub.add_parser("compare", help="train several methods on the same data and seed, then compare them "
+                                             "(finished methods are reused)")
+    compare.add_argument("config", help="YAML config file")
+    compare.add_argument("overrides", nargs="*", metavar="key=value")
+    compare.add_argument("--methods", help="comma-separated, e.g. mpsl,fedavg,centralized (default: the config's)")
+
+    demo = sub.add_parser("demo", help="MPSL vs FedAvg vs centralized on the embedded avdigits dataset")
     demo.add_argument("overrides", nargs="*", metavar="key=value")
-    for training in (run, demo):
+    for resumable in (compare, demo):
+        resumable.add_argument("--force", action="store_true", help="retrain methods that already have results")
+    for training in (run, compare, demo):
         training.add_argument("-i", "--import", dest="imports", action="append", default=[], metavar="MODULE",
                               help="import a module first, e.g. one that registers your own dataset (repeatable)")
 
@@ -28,8 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("name")
     prepare.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.cache_dir=/tmp/mpsl")
 
-    report = sub.add_parser("report", help="redo summary.md and accuracy.png of a run folder from its results")
+    report = sub.add_parser("report", help="redo compare.md, compare.csv and the plots of a run folder from its "
+                                           "saved results, without training")
     report.add_argument("run_dir", help="e.g. runs/avdigits-demo")
+
+    evaluate = sub.add_parser("eval", help="re-evaluate the saved final models of a run folder on the test set")
+    evaluate.add_argument("run_dir", help="e.g. runs/avdigits-demo")
+    evaluate.add_argument("--methods", help="comma-separated subset (default: every method with a checkpoint)")
 
     sub.add_parser("list", help="registered datasets, encoders, methods, fusions, partitions")
     return parser
@@ -51,8 +64,11 @@ def _run(args: argparse.Namespace) -> None:
     from mpsl.experiment.run import run_experiment
 
     _import_plugins(args.imports)
-    cfg = load_config(args.config if args.command == "run" else DEMO_CONFIG, args.overrides)
-    run_experiment(cfg)
+    overrides = list(args.overrides)
+    if getattr(args, "methods", None):
+        overrides.append(f"methods=[{args.methods}]")
+    cfg = load_config(DEMO_CONFIG if args.command == "demo" else args.config, overrides)
+    run_experiment(cfg, reuse=args.command != "run" and not args.force)
 
 
 def _prepare(args: argparse.Namespace) -> None:
@@ -66,15 +82,24 @@ def _prepare(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from mpsl.experiment.run import load_results, write_reports
+    from mpsl.experiment.report import write_reports
+    from mpsl.experiment.run import load_results, load_scaling
 
     run_dir = Path(args.run_dir)
-    write_reports(run_dir, load_results(run_dir))
+    write_reports(run_dir, load_results(run_dir), load_scaling(run_dir))
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mpsl.experiment.evaluate_run import evaluate_run
+
+    evaluate_run(Path(args.run_dir), args.methods.split(",") if args.methods else None)
 
 
 def _list(args: argparse.Namespace) -> None:
     from mpsl.data import DATASETS, PARTITIONS
-    from mpsl.experiment.setup import METHODS
+    from mpsl.experiment.methods import METHODS
     from mpsl.models import ENCODERS, FUSIONS, TOKENIZERS
 
     for name in DATASETS:
@@ -85,8 +110,14 @@ def _list(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    commands = {"run": _run, "demo": _run, "data": _prepare, "report": _report, "list": _list}
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides may also come after options, e.g. `compare C.yaml --methods a,b k=v`
+        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    commands = {"run": _run, "compare": _run, "demo": _run, "data": _prepare, "report": _report, "eval": _eval,
+                "list": _list}
     try:
         commands[args.command](args)
     except MpslError as exc:

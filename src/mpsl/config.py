@@ -61,6 +61,9 @@ class ModelConfig:
     fusion: Literal["early", "late"] = "early"
     pooling: Literal["cls", "mean"] = "cls"  # one feature per modality: its CLS output, or its token mean
     head: Literal["client", "server"] = "client"  # client: labels never leave the client
+    # FedCLIP-style attention adapter on the pooled features (Linear-Tanh-Linear-Softmax, multiplied
+    # onto them): one per modality, one shared by all, or none. `fedavg-adapter` turns it on.
+    adapter: Literal["none", "per-modality", "shared"] = "none"
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,20 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class FLConfig:
+    """Federated baselines (fedavg, fedavg-adapter, splitfed); one round = every client's local epochs."""
+
+    local_epochs: int = 1
+    clients_per_round: int | None = None  # None: all clients every round (paper)
+    adapter: Literal["per-modality", "shared"] = "per-modality"  # what fedavg-adapter trains
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    tensorboard: bool = False  # event files in runs/<name>/<method>/tensorboard (needs `tensorboard`)
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     batch_size: int = 250
     personalized: bool = True  # also evaluate every client's own (never averaged) model
@@ -89,14 +106,16 @@ class Config:
     name: str = "mpsl"
     seed: int = 2024
     num_clients: int = 8
-    methods: tuple[str, ...] = ("mpsl", "centralized")
+    methods: tuple[str, ...] = ("mpsl", "fedavg", "centralized")
     out_dir: str = "runs"
     progress: bool = True
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    fl: FLConfig = field(default_factory=FLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def replace(self, **overrides: Any) -> Config:
         """A copy with dotted overrides applied and validated, e.g. replace(**{"train.epochs": 1})."""
@@ -291,6 +310,10 @@ def validate(cfg: Config) -> None:
     _require(tr.lr_step >= 1, "train.lr_step", "must be at least 1")
     _require(0 < tr.lr_gamma <= 1, "train.lr_gamma", "must be in (0, 1]")
     _require(cfg.eval.batch_size >= 1, "eval.batch_size", "must be at least 1")
+    _require(cfg.fl.local_epochs >= 1, "fl.local_epochs", f"must be at least 1, got {cfg.fl.local_epochs}")
+    per_round = cfg.fl.clients_per_round
+    _require(per_round is None or 1 <= per_round <= cfg.num_clients, "fl.clients_per_round",
+             f"must be between 1 and num_clients={cfg.num_clients}, got {per_round}")
 
 
 def client_batch_size(cfg: Config, num_clients: int | None = None) -> int:

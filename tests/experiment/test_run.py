@@ -4,13 +4,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from mpsl.data import DATASETS
 from mpsl.experiment.run import run_experiment
 from tests.helpers import tiny_config
 
 REQUIRED_TOP = {"method", "dataset", "num_clients", "epochs", "seed", "config", "history", "final", "comm",
-                "flops", "wall_seconds"}
+                "flops", "params", "client_memory_bytes", "wall_seconds", "versions"}
 
 
 def test_a_short_run_learns_and_writes_valid_results(tmp_path: Path) -> None:
@@ -33,14 +34,25 @@ def test_a_short_run_learns_and_writes_valid_results(tmp_path: Path) -> None:
         assert losses[-1] < 0.7 * losses[0], f"{method} did not learn: {losses}"
         assert saved["final"]["test_accuracy"] > 0.5  # 4 classes: chance is 0.25
         assert {"test_accuracy_image_only", "test_accuracy_audio_only"} <= set(saved["final"])
-        assert saved["comm"]["bytes_up_per_client"] > 0 and saved["comm"]["bytes_down_per_client"] > 0
-        assert saved["flops"]["server_per_sample"] > saved["flops"]["client_per_sample"] > 0
+        assert saved["config"]["methods"] == list(cfg.methods) and saved["seed"] == cfg.seed
+        assert {"mpsl", "torch", "python", "git_commit"} <= set(saved["versions"])
+        assert all((run_dir / method / f"{part}.safetensors").is_file() for part in ("client", "server"))
         assert saved["config"]["model"]["encoder"]["source"] == "random"
         assert saved == json.loads(json.dumps(result))
-    mpsl_final = json.loads((run_dir / "mpsl" / "results.json").read_text())["final"]
-    assert len(mpsl_final["test_accuracy_personalized"]) == cfg.num_clients
+    by_method = {r["method"]: r for r in returned}
+    assert len(by_method["mpsl"]["final"]["test_accuracy_personalized"]) == cfg.num_clients
+    # MPSL clients run only tokenizers and head; FedAvg clients and the centralized party the whole model
+    mpsl, fedavg, central = by_method["mpsl"], by_method["fedavg"], by_method["centralized"]
+    assert mpsl["flops"]["server_per_sample"] > mpsl["flops"]["client_per_sample"] > 0
+    whole = mpsl["flops"]["model_per_sample"]
+    assert fedavg["flops"]["client_per_sample"] == central["flops"]["client_per_sample"] == whole
+    assert mpsl["client_memory_bytes"]["total"] < fedavg["client_memory_bytes"]["total"]
+    assert mpsl["params"]["client_trainable"] < fedavg["params"]["client_trainable"]
+    for r in (mpsl, fedavg):
+        assert r["comm"]["bytes_up_per_client"] > 0 and r["comm"]["bytes_down_per_client"] > 0
+    assert central["comm"]["bytes_up_per_client"] == 0
     assert (run_dir / "accuracy.png").stat().st_size > 10_000
-    assert "| mpsl " in (run_dir / "summary.md").read_text()
+    assert "| mpsl " in (run_dir / "compare.md").read_text()
 
 
 @pytest.mark.parametrize("name", DATASETS.names())
@@ -56,3 +68,30 @@ def test_every_registered_dataset_trains_a_few_mpsl_steps(name: str, tmp_path: P
     assert result["history"][0]["steps"] >= 1
     assert 0.0 <= result["final"]["test_accuracy"] <= 1.0
     assert sum(result["samples_per_client"]) == 60
+
+
+def test_tensorboard_logging_writes_the_per_round_scalars(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config(f"out_dir={tmp_path}", "name=tb", "methods=[fedavg]", "train.epochs=2",
+                      "logging.tensorboard=true")
+
+    run_experiment(cfg)
+
+    events = EventAccumulator(str(tmp_path / "tb" / "fedavg" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"fedavg/train_loss", "fedavg/test_accuracy", "fedavg/bytes_up_per_client"} <= tags
+    assert [e.step for e in events.Scalars("fedavg/test_accuracy")] == [1, 2]
+    up = [e.value for e in events.Scalars("fedavg/bytes_up_per_client")]
+    assert up[1] == 2 * up[0] > 0  # cumulative: the same model is uploaded every round
+
+
+def test_results_record_where_they_came_from() -> None:
+    from mpsl.experiment.provenance import versions
+
+    info = versions()
+
+    assert info["torch"] == torch.__version__
+    commit = info["git_commit"]
+    assert commit is None or len(commit.removesuffix("+dirty")) == 40

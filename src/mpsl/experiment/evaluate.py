@@ -1,9 +1,6 @@
-"""Test-set evaluation of the assembled model: FedAvg of the clients (paper) and per-client models."""
+"""Test-set evaluation of an assembled split model, and what each modality contributes."""
 
 from __future__ import annotations
-
-import copy
-from collections.abc import Sequence
 
 import torch
 
@@ -22,22 +19,6 @@ def accuracy(client: ClientModel, server: ServerModel, data: SplitData, task: Ta
         predictions = client.head(server(client.embed(batch.inputs)))  # [b, C]
         correct += task.correct(predictions, batch.labels)
     return correct / len(data)
-
-
-def fedavg(models: Sequence[ClientModel], weights: Sequence[float]) -> ClientModel:
-    """Sample-weighted parameter average: how the paper builds one client model for evaluation only."""
-    total = float(sum(weights))
-    if total <= 0:
-        raise ValueError("fedavg needs at least one client that saw data")
-    states = [m.state_dict() for m in models]
-    averaged = {
-        key: sum(s[key].double() * (w / total) for s, w in zip(states, weights, strict=True)).to(states[0][key].dtype)
-        if states[0][key].is_floating_point() else states[0][key]
-        for key in states[0]
-    }
-    merged = copy.deepcopy(models[0])
-    merged.load_state_dict(averaged)
-    return merged
 
 
 def modality_ablations(client: ClientModel, server: ServerModel, data: SplitData, task: Task,

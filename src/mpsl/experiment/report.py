@@ -1,61 +1,123 @@
-"""Human-facing output of a run: the results table (printed and saved) and the accuracy plot."""
+"""The comparison people look at: compare.md, compare.csv and three plots, from saved results only.
+
+`mpsl report RUN_DIR` calls the same function on the saved files, so it reproduces them exactly.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+Results = Sequence[dict[str, Any]]
+COLORS = {"mpsl": "#1f77b4", "fedavg": "#d62728", "fedavg-adapter": "#ff7f0e", "splitfed": "#9467bd",
+          "centralized": "#2ca02c"}
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def _mb(value: float) -> str:
-    return f"{value / 1e6:.1f}"
+def _ablation_keys(results: Results) -> list[str]:
+    return sorted({k for r in results for k in r["final"] if k.endswith("_only")})
 
 
-def results_table(results: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table, one row per method; single-modality columns appear when the task has them."""
-    ablation_keys = sorted({k for r in results for k in r["final"] if k.endswith("_only")})
-    header = ["method", "clients", "test acc %", *[k.removeprefix("test_accuracy_").replace("_", "-") + " %"
-                                                   for k in ablation_keys],
-              "personalized %", "client MFLOP/sample", "server MFLOP/sample", "MB up/client", "MB down/client",
-              "wall s"]
+def _rows(results: Results) -> list[dict[str, Any]]:
+    """One flat record per method: the numbers behind both the Markdown table and the CSV."""
     rows = []
     for r in results:
-        f = r["final"]
-        rows.append([
-            r["method"], str(r["num_clients"]), _pct(f["test_accuracy"]), *[_pct(f.get(k)) for k in ablation_keys],
-            _pct(f.get("test_accuracy_personalized_mean")),
-            f"{r['flops']['client_per_sample'] / 1e6:.1f}", f"{r['flops']['server_per_sample'] / 1e6:.1f}",
-            _mb(r["comm"]["bytes_up_per_client"]), _mb(r["comm"]["bytes_down_per_client"]),
-            f"{r['wall_seconds']:.0f}",
-        ])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+        row: dict[str, Any] = {"method": r["method"], "clients": r["num_clients"],
+                               "test_accuracy": r["final"]["test_accuracy"]}
+        row.update({k.removeprefix("test_"): r["final"].get(k) for k in _ablation_keys(results)})
+        row.update({
+            "personalized_accuracy": r["final"].get("test_accuracy_personalized_mean"),
+            "client_gflop_per_sample": r["flops"]["client_per_sample"] / 1e9,
+            "server_gflop_per_sample": r["flops"]["server_per_sample"] / 1e9,
+            "client_trainable_params": r["params"]["client_trainable"],
+            "client_memory_mb": r["client_memory_bytes"]["total"] / 1e6,
+            "mb_up_per_client": r["comm"]["bytes_up_per_client"] / 1e6,
+            "mb_down_per_client": r["comm"]["bytes_down_per_client"] / 1e6,
+            "wall_seconds": r["wall_seconds"],
+        })
+        rows.append(row)
+    return rows
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1e5 else f"{n / 1e3:.1f} k"
+
+
+def compare_table(results: Results) -> str:
+    """Markdown table, one row per method; single-modality columns appear when the task has them."""
+    ablations = [k.removeprefix("test_") for k in _ablation_keys(results)]
+    header = ["method", "clients", "test acc %", *[a.removeprefix("accuracy_").replace("_", "-") + " %"
+                                                   for a in ablations],
+              "client GFLOP/sample", "client trainable", "client memory MB", "MB up/client", "MB down/client",
+              "wall s"]
+    body = [[row["method"], str(row["clients"]), _pct(row["test_accuracy"]), *[_pct(row[a]) for a in ablations],
+             f"{row['client_gflop_per_sample']:.3g}", _count(row["client_trainable_params"]),
+             f"{row['client_memory_mb']:.0f}", f"{row['mb_up_per_client']:.1f}", f"{row['mb_down_per_client']:.1f}",
+             f"{row['wall_seconds']:.0f}"] for row in _rows(results)]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
 
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep, *(line(row) for row in rows)]) + "\n"
+    return "\n".join([line(header), sep, *(line(b) for b in body)]) + "\n"
 
 
-def accuracy_plot(results: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
-    """Test accuracy per epoch, one line per method."""
+def compare_markdown(title: str, results: Results) -> str:
+    first = results[0]
+    cfg = first["config"]
+    notes = [f"Dataset `{first['dataset']}`, {cfg['num_clients']} clients ({cfg['partition']['kind']} partition), "
+             f"{cfg['train']['epochs']} epochs or FL rounds, global batch {cfg['train']['batch_size']}, "
+             f"seed {first['seed']}."]
+    for r in results:
+        if "test_accuracy_personalized_mean" in r["final"]:
+            notes.append(f"{r['method']}: the clients' own, never-averaged models reach "
+                         f"{_pct(r['final']['test_accuracy_personalized_mean'])} % on average.")
+    notes.append("Client GFLOP/sample: forward + backward of what runs on a client, per training sample "
+                 "(FlopCounterMode). Client memory: parameters + Adam state + saved activations of one "
+                 "client mini-batch. MB up/down: bytes per client over the whole run, as encoded on the wire.")
+    plots = "\n".join(f"![{name}]({name}.png)" for name in ("accuracy", "client_compute", "communication"))
+    return f"# {title}\n\n{compare_table(results)}\n" + "\n".join(f"- {n}" for n in notes) + f"\n\n{plots}\n"
+
+
+def compare_csv(results: Results) -> str:
+    rows = _rows(results)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _label(r: dict[str, Any]) -> str:
+    n = r["num_clients"]
+    return f"{r['method']} ({n} clients)" if n > 1 else f"{r['method']} (pooled data)"
+
+
+def accuracy_plot(results: Results, path: Path, title: str) -> Path:
+    """Test accuracy after every epoch (FL: round), one line per method."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for r in results:
         epochs = [h["epoch"] for h in r["history"]]
         acc = [100 * h["test_accuracy"] for h in r["history"]]
-        n = r["num_clients"]
-        label = f"{r['method']} ({n} clients)" if n > 1 else f"{r['method']} (pooled data)"
-        ax.plot(epochs, acc, marker="o", label=label)
-    ax.set_xlabel("epoch")
+        ax.plot(epochs, acc, marker="o", label=_label(r), color=COLORS.get(r["method"]))
+    ax.set_xlabel("epoch (FL: round)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.set_xticks(sorted({h["epoch"] for r in results for h in r["history"]}))
@@ -65,3 +127,79 @@ def accuracy_plot(results: Sequence[dict[str, Any]], path: Path, title: str) -> 
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def compute_plot(results: Results, path: Path, title: str) -> Path:
+    """Client FLOPs per training sample, log scale, with how many times less than the whole model."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 0.6 * len(results) + 1.6), dpi=120)
+    names = [r["method"] for r in results]
+    flops = [r["flops"]["client_per_sample"] / 1e6 for r in results]
+    ax.barh(names, flops, color=[COLORS.get(n, "gray") for n in names])
+    ax.set_xscale("log")
+    ax.invert_yaxis()
+    for y, r in enumerate(results):
+        whole = r["flops"]["model_per_sample"] / 1e6
+        share = r["flops"]["client_per_sample"] / r["flops"]["model_per_sample"]
+        note = "whole model" if share > 0.999 else f"1/{1 / share:.0f} of the model"
+        ax.text(flops[y], y, f"  {flops[y]:.3g} MFLOP ({note})", va="center", fontsize=8)
+        ax.set_xlim(right=max(ax.get_xlim()[1], whole * 60))
+    ax.set_xlabel("client MFLOP per training sample (forward + backward, log scale)")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def communication_plot(results: Results, scaling: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+    """Per-client traffic vs encoder size: MPSL per epoch and FedAvg per round, over the backbone presets
+    (computed from shapes) with this run's measured values on top."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    table = sorted(scaling, key=lambda s: s["encoder_parameters"])
+    if table:
+        x = [s["encoder_parameters"] / 1e6 for s in table]
+        ax.plot(x, [s["mpsl_bytes_per_client_epoch"] / 1e6 for s in table], marker="o", color=COLORS["mpsl"],
+                label="MPSL, per epoch (computed)")
+        ax.plot(x, [s["fedavg_bytes_per_client_round"] / 1e6 for s in table], marker="s", color=COLORS["fedavg"],
+                label="FedAvg, per round (computed)")
+        for xi, s in zip(x, table, strict=True):
+            ax.annotate(s["preset"], (xi, s["fedavg_bytes_per_client_round"] / 1e6), textcoords="offset points",
+                        xytext=(0, 7), ha="center", fontsize=7)
+    for r in results:
+        if r["method"] in ("mpsl", "fedavg") and r.get("comm", {}).get("bytes_up_per_client"):
+            per_round = (r["comm"]["bytes_up_per_client_per_round"] + r["comm"]["bytes_down_per_client_per_round"])
+            ax.scatter([r["params"]["encoder_total"] / 1e6], [per_round / 1e6], marker="*", s=160, zorder=3,
+                       color=COLORS[r["method"]], edgecolor="black", label=f"{r['method']}, this run (measured)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("encoder parameters (millions, log scale)")
+    ax.set_ylabel("MB per client, up + down (log scale)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_reports(run_dir: Path, results: Results, scaling: Sequence[dict[str, Any]]) -> list[Path]:
+    """compare.md, compare.csv and the three PNGs; the table is printed too."""
+    first = results[0]
+    setup = f"{first['dataset']}, {first['config']['num_clients']} clients"
+    title = f"{run_dir.name}: {setup}"
+    (run_dir / "compare.md").write_text(compare_markdown(title, results))
+    (run_dir / "compare.csv").write_text(compare_csv(results))
+    samples = sum(first["samples_per_client"]) / first["config"]["num_clients"]
+    written = [
+        run_dir / "compare.md", run_dir / "compare.csv",
+        accuracy_plot(results, run_dir / "accuracy.png", f"{setup}: test accuracy"),
+        compute_plot(results, run_dir / "client_compute.png", "Compute on one client per training sample"),
+        communication_plot(results, scaling, run_dir / "communication.png",
+                           f"Traffic per client vs backbone ({samples:.0f} samples per client)"),
+    ]
+    print(f"\n{compare_table(results)}\nwrote {', '.join(p.name for p in written)} in {run_dir}")
+    return written

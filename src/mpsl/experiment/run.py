@@ -1,175 +1,239 @@
-"""The run loop: train one method epoch by epoch, evaluate, and write results.json."""
+"""The run loop: train each method round by round, evaluate, account, checkpoint and save results.json.
+
+Every method goes through the same loop, so their numbers are measured the same way.
+"""
 
 from __future__ import annotations
 
 import json
-import math
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
-import mpsl
 from mpsl.config import Config, to_dict
 from mpsl.data import Dataset
-from mpsl.errors import MpslError
-from mpsl.experiment.accounting import trainable_parameters, training_flops
-from mpsl.experiment.evaluate import accuracy, fedavg, modality_ablations
-from mpsl.experiment.setup import Simulation, build_simulation
-from mpsl.protocol import mpsl_step
-from mpsl.tasks import TASKS
+from mpsl.errors import ConfigError, MpslError
+from mpsl.experiment.accounting import client_memory, trainable_parameters, training_flops
+from mpsl.experiment.checkpoints import save_checkpoint
+from mpsl.experiment.evaluate import accuracy, modality_ablations
+from mpsl.experiment.methods import METHODS, Method
+from mpsl.experiment.provenance import versions
+from mpsl.models import WholeModel
+from mpsl.runtime import Traffic
+
+EXPERIMENT_FILE = "experiment.json"  # the compared methods, in order, and the backbone-scaling table
+# keys that do not change what a method computes: a saved result stays valid when only these differ
+_NOT_RESULT_KEYS = ("methods", "progress", "logging")
 
 
-def steps_per_epoch(sim: Simulation) -> int:
-    return max(math.ceil(len(c.data) / c.batch_size) for c in sim.clients)
-
-
-def train_epoch(sim: Simulation, epoch: int, first_step: int, progress: bool, label: str) -> dict[str, float]:
-    for h in sim.handles:
-        h.start_epoch(epoch)
-    loss_sum, correct, count, step = 0.0, 0, 0, first_step
-    bar = tqdm(total=steps_per_epoch(sim), desc=f"{label} epoch {epoch + 1}", unit="step",
-               disable=not progress, leave=False, dynamic_ncols=True)
-    while (result := mpsl_step(sim.server, sim.handles, step)) is not None:
-        loss_sum += result.loss * result.count  # metrics are normalized by samples actually seen
-        correct += result.correct
-        count += result.count
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum / count:.3f}", clients=len(result.client_ids))
-    bar.close()
-    sim.server.end_epoch()
-    for h in sim.handles:
-        h.end_epoch()
-    return {"train_loss": loss_sum / count, "train_accuracy": correct / count, "steps": step - first_step}
-
-
-def run_method(cfg: Config, dataset: Dataset, method: str, out_dir: Path) -> dict[str, Any]:
-    """Train `method` from the seeded initial model, evaluate each epoch, save results.json."""
-    torch.manual_seed(cfg.seed)
-    started = time.perf_counter()
-    sim = build_simulation(cfg, dataset, method)
-    task = TASKS.get(dataset.spec.task)()
-    probe = sim.clients[0].data.subset(torch.arange(min(sim.clients[0].batch_size, len(sim.clients[0].data))))
-    flops = training_flops(sim.initial_client, sim.server.model, probe, task)
-
-    history, step = [], 0
-    for epoch in range(cfg.train.epochs):
-        t0 = time.perf_counter()
-        stats = train_epoch(sim, epoch, step, cfg.progress, method)
-        step += int(stats["steps"])
-        merged = _global_model(sim)
-        test_acc = accuracy(merged, sim.server.model, dataset.test, task, cfg.eval.batch_size)
-        history.append({"epoch": epoch + 1, **stats, "test_accuracy": test_acc,
-                        "seconds": time.perf_counter() - t0})
-        print(f"{method:>12} epoch {epoch + 1}/{cfg.train.epochs}: train loss {stats['train_loss']:.4f}, "
-              f"train acc {stats['train_accuracy']:.3f}, test acc {test_acc:.3f} "
-              f"({history[-1]['seconds']:.0f} s)", flush=True)
-
-    merged = _global_model(sim)
-    final: dict[str, Any] = {"test_accuracy": history[-1]["test_accuracy"]}
-    if cfg.eval.ablations:
-        final.update(modality_ablations(merged, sim.server.model, dataset.test, task, cfg.eval.batch_size))
-    if cfg.eval.personalized and len(sim.clients) > 1:
-        per_client = [accuracy(c.model, sim.server.model, dataset.test, task, cfg.eval.batch_size)
-                      for c in sim.clients]
-        final["test_accuracy_personalized_mean"] = sum(per_client) / len(per_client)
-        final["test_accuracy_personalized"] = per_client
-    results = {
-        "method": method,
-        "dataset": dataset.spec.name,
-        "num_clients": len(sim.clients),
-        "epochs": cfg.train.epochs,
-        "seed": cfg.seed,
-        "config": to_dict(cfg),
-        "history": history,
-        "final": final,
-        "comm": _traffic(sim),
-        "flops": {"client_per_sample": flops.client_per_sample, "server_per_sample": flops.server_per_sample,
-                  "client_share": flops.client_per_sample / (flops.client_per_sample + flops.server_per_sample)},
-        "params": {"client_trainable": trainable_parameters(sim.initial_client),
-                   "server_trainable": trainable_parameters(sim.server.model),
-                   "server_total": sum(p.numel() for p in sim.server.model.parameters())},
-        "samples_per_client": [len(c.data) for c in sim.clients],
-        "wall_seconds": time.perf_counter() - started,
-        "versions": {"mpsl": mpsl.__version__, "torch": torch.__version__, "python": platform.python_version()},
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(out_dir / "results.json")
-    return results
-
-
-def _global_model(sim: Simulation):
-    """FedAvg of the client models weighted by samples seen; used for evaluation only, never sent back."""
-    if len(sim.clients) == 1:
-        return sim.clients[0].model
-    return fedavg([c.model for c in sim.clients], [c.samples_seen for c in sim.clients])
-
-
-def _traffic(sim: Simulation) -> dict[str, float]:
-    n = len(sim.handles)
-    traffic = [h.traffic for h in sim.handles]
+def _cost(method: Method) -> dict[str, Any]:
+    """Per-sample FLOPs of each side and the client's memory, measured on one client mini-batch."""
+    data = method.dataset.train
+    probe = data.subset(torch.arange(min(method.client_batch_size(), len(data))))  # [b]
+    flops = training_flops(method.client_template, method.server_template, probe, method.task)
+    whole = flops.client_per_sample + flops.server_per_sample
+    client = whole if method.client_runs_encoder else flops.client_per_sample
+    model = WholeModel(method.client_template, method.server_template)  # as every party starts
+    memory = client_memory(model, probe, method.task, method.client_runs_encoder)
     return {
-        "bytes_up_per_client": sum(t.up for t in traffic) / n,
-        "bytes_down_per_client": sum(t.down for t in traffic) / n,
+        "flops": {"client_per_sample": client, "server_per_sample": whole - client, "model_per_sample": whole,
+                  "client_share": client / whole},
+        "client_memory_bytes": {"parameters": memory.parameters, "optimizer": memory.optimizer,
+                                "activations": memory.activations, "total": memory.total,
+                                "batch_size": len(probe)},
+        "params": {"client_trainable": trainable_parameters(model if method.client_runs_encoder else model.client),
+                   "server_trainable": 0 if method.client_runs_encoder else trainable_parameters(model.server),
+                   "model_trainable": trainable_parameters(model),
+                   "encoder_total": sum(p.numel() for p in model.server.encoder.parameters())},
+    }
+
+
+def _traffic(traffic: list[Traffic], rounds: int) -> dict[str, float]:
+    n = max(len(traffic), 1)
+    up, down = sum(t.up for t in traffic) / n, sum(t.down for t in traffic) / n
+    return {
+        "bytes_up_per_client": up,
+        "bytes_down_per_client": down,
+        "bytes_up_per_client_per_round": up / rounds,
+        "bytes_down_per_client_per_round": down / rounds,
         "payload_bytes_up_per_client": sum(t.payload_up for t in traffic) / n,
         "payload_bytes_down_per_client": sum(t.payload_down for t in traffic) / n,
         "messages_per_client": sum(t.messages for t in traffic) / n,
     }
 
 
-def write_reports(run_dir: Path, results: list[dict[str, Any]]) -> None:
-    """summary.md and accuracy.png from results alone, so `mpsl report` can redo them without training."""
-    from mpsl.experiment.report import accuracy_plot, results_table
+def _tensorboard(cfg: Config, out_dir: Path):
+    if not cfg.logging.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
 
-    table = results_table(results)
-    (run_dir / "summary.md").write_text(f"# {run_dir.name}\n\n{table}")
-    first = results[0]
-    plot = accuracy_plot(results, run_dir / "accuracy.png",
-                         f"{first['dataset']}: test accuracy ({first['config']['num_clients']} clients)")
-    print(f"\n{table}\nwrote {run_dir / 'summary.md'}, {plot} and results.json per method under {run_dir}")
+    return SummaryWriter(log_dir=str(out_dir / "tensorboard"))
 
 
-def load_results(run_dir: Path) -> list[dict[str, Any]]:
-    """The saved results of a run folder, in the order its config listed the methods."""
-    files = sorted(run_dir.glob("*/results.json"))
-    if not files:
-        raise MpslError(f"no <method>/results.json under {run_dir}: not a run folder")
-    results = []
-    for f in files:
-        try:
-            results.append(json.loads(f.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise MpslError(f"{f} is not valid JSON: {exc}") from None
-    order = results[0].get("config", {}).get("methods", [])
-    return sorted(results, key=lambda r: order.index(r["method"]) if r["method"] in order else len(order))
+def run_method(cfg: Config, dataset: Dataset, name: str, out_dir: Path) -> dict[str, Any]:
+    """Train `name` from the seeded initial model, evaluate every round, save results.json and the model."""
+    cfg = METHODS.get(name).configure(cfg)
+    torch.manual_seed(cfg.seed)
+    started = time.perf_counter()
+    method = METHODS.get(name)(cfg, dataset)
+    cost = _cost(method)
+    writer = _tensorboard(cfg, out_dir)
+    history = []
+    for epoch in range(cfg.train.epochs):
+        t0 = time.perf_counter()
+        stats = method.train_round(epoch, cfg.progress).as_dict()
+        model = method.global_model()
+        test_acc = accuracy(model.client, model.server, dataset.test, method.task, cfg.eval.batch_size)
+        comm = _traffic(method.traffic(), epoch + 1)
+        history.append({"epoch": epoch + 1, **stats, "test_accuracy": test_acc,
+                        "bytes_up_per_client": comm["bytes_up_per_client"],
+                        "bytes_down_per_client": comm["bytes_down_per_client"],
+                        "seconds": time.perf_counter() - t0})
+        print(f"{name:>14} {method.round_word} {epoch + 1}/{cfg.train.epochs}: train loss {stats['train_loss']:.4f}, "
+              f"train acc {stats['train_accuracy']:.3f}, test acc {test_acc:.3f}, "
+              f"{(comm['bytes_up_per_client'] + comm['bytes_down_per_client']) / 1e6:.1f} MB/client "
+              f"({history[-1]['seconds']:.0f} s)", flush=True)
+        if writer is not None:
+            for key in ("train_loss", "train_accuracy", "test_accuracy", "bytes_up_per_client",
+                        "bytes_down_per_client"):
+                writer.add_scalar(f"{name}/{key}", history[-1][key], epoch + 1)
+    if writer is not None:
+        writer.close()
+
+    model = method.global_model()
+    final: dict[str, Any] = {"test_accuracy": history[-1]["test_accuracy"]}
+    if cfg.eval.ablations:
+        final.update(modality_ablations(model.client, model.server, dataset.test, method.task, cfg.eval.batch_size))
+    personal = method.personal_models() if cfg.eval.personalized else []
+    if personal:
+        per_client = [accuracy(c, model.server, dataset.test, method.task, cfg.eval.batch_size) for c in personal]
+        final["test_accuracy_personalized_mean"] = sum(per_client) / len(per_client)
+        final["test_accuracy_personalized"] = per_client
+    save_checkpoint(model, out_dir)
+    results = {
+        "method": name,
+        "dataset": dataset.spec.name,
+        "num_clients": method.num_clients,
+        "epochs": cfg.train.epochs,
+        "seed": cfg.seed,
+        "config": to_dict(cfg),
+        "history": history,
+        "final": final,
+        "comm": _traffic(method.traffic(), cfg.train.epochs),
+        **cost,
+        "samples_per_client": method.samples_per_client(),
+        "client_batch_size": method.client_batch_size(),
+        "wall_seconds": time.perf_counter() - started,
+        "versions": versions(),
+    }
+    write_json(out_dir / "results.json", results)
+    return results
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write then rename, so an interrupted run never leaves a half-written file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MpslError(f"{path} is not valid JSON: {exc}") from None
+
+
+def _differences(saved: Any, wanted: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config trees."""
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+        return [d for key in sorted(set(saved) | set(wanted))
+                for d in _differences(saved.get(key), wanted.get(key), f"{prefix}{key}.")]
+    return [] if saved == wanted else [f"{prefix.rstrip('.')}: {saved!r} -> {wanted!r}"]
+
+
+def reusable(cfg: Config, name: str, out_dir: Path) -> dict[str, Any] | None:
+    """The saved results of `name` if they were made with the same settings; None (and why) otherwise."""
+    path = out_dir / "results.json"
+    if not path.is_file():
+        return None
+    saved = read_json(path)
+    wanted = to_dict(METHODS.get(name).configure(cfg))
+    have = saved.get("config", {}) if isinstance(saved, dict) else {}
+    changed = _differences({k: v for k, v in have.items() if k not in _NOT_RESULT_KEYS},
+                           {k: v for k, v in wanted.items() if k not in _NOT_RESULT_KEYS})
+    if changed:
+        print(f"{name}: saved results were made with other settings ({'; '.join(changed[:3])}); retraining")
+        return None
+    print(f"{name}: reusing {path} (pass --force to retrain)")
+    return saved
 
 
 def check_names(cfg: Config) -> None:
-    """Registry names in the config, checked before any data is prepared or model loaded."""
+    """Registry names and optional packages, checked before any data is prepared or model loaded."""
     from mpsl.data import DATASETS
-    from mpsl.experiment.setup import METHODS
     from mpsl.models import ENCODERS
 
     DATASETS.get(cfg.data.name)
     ENCODERS.get(cfg.model.encoder.source)
     for method in cfg.methods:
         METHODS.get(method)
+    if cfg.logging.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError("logging.tensorboard: true needs the tensorboard package "
+                              "(pip install 'mpsl[tensorboard]')") from None
 
 
-def run_experiment(cfg: Config) -> list[dict[str, Any]]:
-    """Every method in cfg.methods on the same data and seed; writes runs/<name>/{<method>/results.json,
-    summary.md, accuracy.png} and prints the table."""
+def run_experiment(cfg: Config, reuse: bool = False) -> list[dict[str, Any]]:
+    """Every method in cfg.methods on the same data and seed, then the comparison reports.
+
+    Writes runs/<name>/<method>/{results.json, client.safetensors, server.safetensors} and the
+    reports of experiment.report. With `reuse`, a method whose results exist for the same settings
+    is not trained again.
+    """
     from mpsl.data import load_dataset
+    from mpsl.experiment.report import write_reports
+    from mpsl.experiment.scaling import scaling_table
 
     check_names(cfg)
     dataset = load_dataset(cfg.data)
     run_dir = Path(cfg.out_dir) / cfg.name
-    results = [run_method(cfg, dataset, method, run_dir / method) for method in cfg.methods]
-    write_reports(run_dir, results)
+    results = []
+    for name in cfg.methods:
+        saved = reusable(cfg, name, run_dir / name) if reuse else None
+        results.append(saved if saved is not None else run_method(cfg, dataset, name, run_dir / name))
+    mean_samples = len(dataset.train) / cfg.num_clients
+    write_json(run_dir / EXPERIMENT_FILE, {"methods": list(cfg.methods),
+                                           "scaling": scaling_table(cfg, dataset.spec, mean_samples)})
+    write_reports(run_dir, results, load_scaling(run_dir))
+    return results
+
+
+def load_scaling(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / EXPERIMENT_FILE
+    return read_json(path).get("scaling", []) if path.is_file() else []
+
+
+def load_results(run_dir: Path) -> list[dict[str, Any]]:
+    """The saved results of the last comparison in a run folder, in its order of methods."""
+    if (run_dir / EXPERIMENT_FILE).is_file():
+        methods = read_json(run_dir / EXPERIMENT_FILE).get("methods", [])
+        files = [run_dir / m / "results.json" for m in methods]
+    else:
+        files = sorted(run_dir.glob("*/results.json"))
+    if not files:
+        raise MpslError(f"no <method>/results.json under {run_dir}: not a run folder")
+    results = []
+    for f in files:
+        if not f.is_file():
+            raise MpslError(f"{f} is missing: that method has not finished")
+        r = read_json(f)
+        if not isinstance(r, dict) or not {"method", "config", "history", "final"} <= set(r):
+            raise MpslError(f"{f} is not an mpsl results file (needs method, config, history, final)")
+        results.append(r)
     return results

@@ -1,0 +1,141 @@
+"""What every training method shares: the same model builder, data, partition, seed and task.
+
+A method owns how training is spread over parties and what crosses the network; the run loop
+(experiment.run) evaluates, accounts and saves every method the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
+
+import torch
+
+from mpsl.config import Config
+from mpsl.data import Dataset, SplitData, partition
+from mpsl.models import ClientModel, ServerModel, WholeModel, build_split_model
+from mpsl.registry import Registry
+from mpsl.runtime import Traffic
+from mpsl.tasks import TASKS, Task
+
+
+@dataclass
+class RoundStats:
+    """Training loss and accuracy over the samples one epoch (or FL round) actually used."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    count: int = 0
+    steps: int = 0
+
+    def add(self, loss: float, correct: int, count: int, steps: int = 1) -> None:
+        self.loss_sum += loss * count
+        self.correct += correct
+        self.count += count
+        self.steps += steps
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.count, 1)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"train_loss": self.loss, "train_accuracy": self.correct / max(self.count, 1), "steps": self.steps}
+
+
+class Method(ABC):
+    """One way to train the split model; a round is an epoch (MPSL, centralized) or an FL round."""
+
+    name: ClassVar[str]  # the registry name, also used in file names and tables
+    # True when a client runs the whole model (FL, centralized): client compute counts the encoder
+    client_runs_encoder: ClassVar[bool] = False
+    round_word: ClassVar[str] = "epoch"  # what one train_round is called in logs
+
+    def __init__(self, cfg: Config, dataset: Dataset) -> None:
+        self.cfg = cfg
+        self.dataset = dataset
+        self.task: Task = TASKS.get(dataset.spec.task)()
+        self.client_template, self.server_template = build_split_model(cfg.model, dataset.spec, cfg.seed)
+
+    @classmethod
+    def configure(cls, cfg: Config) -> Config:
+        """The config this method really trains with (e.g. fedavg-adapter freezes the encoder)."""
+        return cfg
+
+    @property
+    @abstractmethod
+    def num_clients(self) -> int: ...
+
+    @abstractmethod
+    def train_round(self, epoch: int, progress: bool) -> RoundStats: ...
+
+    @abstractmethod
+    def global_model(self) -> WholeModel:
+        """The one model that is evaluated and checkpointed."""
+
+    def personal_models(self) -> list[ClientModel]:
+        """Client models that are never averaged (MPSL's clients); empty where clients are synchronized."""
+        return []
+
+    @abstractmethod
+    def traffic(self) -> list[Traffic]:
+        """Encoded bytes per client so far; empty for a method with no network."""
+
+    @abstractmethod
+    def samples_per_client(self) -> list[int]: ...
+
+    @abstractmethod
+    def client_batch_size(self) -> int: ...
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+MethodT = TypeVar("MethodT", bound=Method)
+
+
+def register(cls: type[MethodT]) -> type[MethodT]:
+    """Class decorator: register a method under its `name`."""
+    METHODS.register(cls.name)(cls)
+    return cls
+
+
+def client_shards(cfg: Config, dataset: Dataset) -> list[SplitData]:
+    """Each of num_clients clients holds one partition of the training set (the same for every method)."""
+    parts = partition(dataset.train.labels.numpy(), cfg.num_clients, cfg.partition, cfg.seed)
+    return [dataset.train.subset(torch.from_numpy(p)) for p in parts]
+
+
+def client_seed(cfg: Config, k: int) -> int:
+    """Client k's data-order seed: the same for client k under every method."""
+    return cfg.seed * 1009 + k
+
+
+ParamGroup = tuple[Iterable[torch.nn.Parameter], float]  # parameters and their learning rate
+
+
+def adam(groups: Iterable[ParamGroup], weight_decay: float) -> torch.optim.Optimizer | None:
+    """Adam over the trainable parameters, one learning rate per group; None if nothing trains.
+
+    The fused kernel: an FL client steps its whole trainable model every mini-batch of ceil(B/N)
+    samples, where the unfused update costs about as much as the forward and backward.
+    """
+    param_groups = [{"params": trainable, "lr": lr}
+                    for params, lr in groups if (trainable := [p for p in params if p.requires_grad])]
+    return torch.optim.Adam(param_groups, weight_decay=weight_decay, fused=True) if param_groups else None
+
+
+def step_lr(opt: torch.optim.Optimizer | None, cfg: Config) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if opt is None:
+        return None
+    return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.train.lr_step, gamma=cfg.train.lr_gamma)
+
+
+def whole_model_adam(model: WholeModel, cfg: Config) -> torch.optim.Optimizer | None:
+    """One optimizer for both halves, each half at the learning rate it has under MPSL."""
+    return adam([(model.client.parameters(), cfg.train.client_lr), (model.server.parameters(), cfg.train.server_lr)],
+                cfg.train.weight_decay)
+
+
+def copy_whole(client: ClientModel, server: ServerModel) -> WholeModel:
+    return WholeModel(copy.deepcopy(client), copy.deepcopy(server))

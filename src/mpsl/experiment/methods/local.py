@@ -1,0 +1,75 @@
+"""Plain whole-model training on one party's data, and the `centralized` baseline built on it."""
+
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from mpsl.config import Config
+from mpsl.data import Dataset, SplitData
+from mpsl.experiment.methods.base import Method, RoundStats, client_seed, register, step_lr, whole_model_adam
+from mpsl.models import WholeModel
+from mpsl.runtime import Traffic
+from mpsl.tasks import Task
+
+
+def local_epoch(model: WholeModel, opt: torch.optim.Optimizer | None, data: SplitData, batch_size: int,
+                order: torch.Generator, task: Task, bar: tqdm | None = None) -> RoundStats:
+    """One pass over `data` in mini-batches: forward, mean loss, backward, step. No cut, no network."""
+    stats = RoundStats()
+    model.train()
+    permutation = torch.randperm(len(data), generator=order)  # [n]
+    for start in range(0, len(data), batch_size):
+        batch = data.subset(permutation[start:start + batch_size])  # [b] of the shuffled order
+        predictions = model(batch.inputs)  # [b, C]
+        loss = task.loss(predictions, batch.labels)
+        loss.backward()
+        if opt is not None:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        stats.add(float(loss.detach()), task.correct(predictions.detach(), batch.labels), len(batch))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats.loss:.3f}")
+    return stats
+
+
+@register
+class Centralized(Method):
+    """The same model fine-tuned by one party holding all training data, global batch B."""
+
+    name = "centralized"
+
+    client_runs_encoder = True
+
+    def __init__(self, cfg: Config, dataset: Dataset) -> None:
+        super().__init__(cfg, dataset)
+        self.model = WholeModel(self.client_template, self.server_template)
+        self.optimizer = whole_model_adam(self.model, cfg)
+        self.scheduler = step_lr(self.optimizer, cfg)
+        self.order = torch.Generator().manual_seed(client_seed(cfg, 0))
+
+    @property
+    def num_clients(self) -> int:
+        return 1
+
+    def train_round(self, epoch: int, progress: bool) -> RoundStats:
+        data, b = self.dataset.train, self.cfg.train.batch_size
+        with tqdm(total=-(-len(data) // b), desc=f"centralized epoch {epoch + 1}", unit="step",
+                  disable=not progress, leave=False, dynamic_ncols=True) as bar:
+            stats = local_epoch(self.model, self.optimizer, data, b, self.order, self.task, bar)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return stats
+
+    def global_model(self) -> WholeModel:
+        return self.model
+
+    def traffic(self) -> list[Traffic]:
+        return []
+
+    def samples_per_client(self) -> list[int]:
+        return [len(self.dataset.train)]
+
+    def client_batch_size(self) -> int:
+        return self.cfg.train.batch_size

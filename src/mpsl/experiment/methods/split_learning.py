@@ -1,0 +1,175 @@
+"""Split-learning methods, both driven by the one MPSL step: `mpsl` and the `splitfed` reference.
+
+    mpsl      one server encoder, one forward/backward over all clients' tokens per step
+    splitfed  SplitFed v1: one server copy per client, each stepped with its own client; after each
+              round the server copies are averaged on the server and the client models through a
+              FedAvg exchange (the per-client server state and the synchronization MPSL removes)
+"""
+
+from __future__ import annotations
+
+import copy
+
+from tqdm import tqdm
+
+from mpsl.config import Config, client_batch_sizes
+from mpsl.data import Dataset
+from mpsl.experiment.averaging import WeightedAverage, fedavg, load_trainable, trainable_state
+from mpsl.experiment.methods.base import (
+    Method,
+    RoundStats,
+    adam,
+    client_seed,
+    client_shards,
+    register,
+    step_lr,
+)
+from mpsl.models import ClientModel, WholeModel
+from mpsl.protocol import Codec, SplitClient, SplitServer, Weights, mpsl_step
+from mpsl.runtime import InProcessHandle, Traffic, carry
+
+
+def _clients(method: Method) -> list[SplitClient]:
+    cfg = method.cfg
+    shards = client_shards(cfg, method.dataset)
+    batches = client_batch_sizes(cfg, [len(s) for s in shards])
+    clients = []
+    for k, (shard, batch) in enumerate(zip(shards, batches, strict=True)):
+        model = copy.deepcopy(method.client_template)
+        opt = adam([(model.parameters(), cfg.train.client_lr)], cfg.train.weight_decay)
+        clients.append(SplitClient(k, model, shard, method.task, batch, opt, step_lr(opt, cfg), client_seed(cfg, k)))
+    return clients
+
+
+def _server(model, cfg: Config) -> SplitServer:
+    opt = adam([(model.parameters(), cfg.train.server_lr)], cfg.train.weight_decay)
+    return SplitServer(model, opt, step_lr(opt, cfg))
+
+
+def _bar(method: str, epoch: int, total: int, progress: bool) -> tqdm:
+    return tqdm(total=total, desc=f"{method} epoch {epoch + 1}", unit="step", disable=not progress, leave=False,
+                dynamic_ncols=True)
+
+
+@register
+class Mpsl(Method):
+    """Multimodal Parallel Split Learning: client tokenizers, one shared server encoder."""
+
+    name = "mpsl"
+
+    def __init__(self, cfg: Config, dataset: Dataset) -> None:
+        super().__init__(cfg, dataset)
+        self.clients = _clients(self)
+        self.server = _server(self.server_template, cfg)
+        self.handles = [InProcessHandle(c) for c in self.clients]
+        self.step = 0
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.clients)
+
+    def train_round(self, epoch: int, progress: bool) -> RoundStats:
+        for h in self.handles:
+            h.start_epoch(epoch)
+        stats = RoundStats()
+        steps = max(-(-len(c.data) // c.batch_size) for c in self.clients)
+        with _bar("mpsl", epoch, steps, progress) as bar:
+            while (result := mpsl_step(self.server, self.handles, self.step)) is not None:
+                stats.add(result.loss, result.correct, result.count)  # normalized by samples actually seen
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats.loss:.3f}", clients=len(result.client_ids))
+        self.server.end_epoch()
+        for h in self.handles:
+            h.end_epoch()
+        return stats
+
+    def global_model(self) -> WholeModel:
+        """FedAvg of the client models weighted by samples seen: for evaluation only, never sent back."""
+        clients = [c.model for c in self.clients]
+        merged = clients[0] if len(clients) == 1 else fedavg(clients, [c.samples_seen for c in self.clients])
+        return WholeModel(merged, self.server.model)
+
+    def personal_models(self) -> list[ClientModel]:
+        return [c.model for c in self.clients] if len(self.clients) > 1 else []
+
+    def traffic(self) -> list[Traffic]:
+        return [h.traffic for h in self.handles]
+
+    def samples_per_client(self) -> list[int]:
+        return [len(c.data) for c in self.clients]
+
+    def client_batch_size(self) -> int:
+        return self.clients[0].batch_size
+
+
+@register
+class SplitFed(Method):
+    """SplitFed v1: a server-side model copy per client, both sides FedAvg-ed after every round."""
+
+    name = "splitfed"
+    round_word = "round"
+
+    def __init__(self, cfg: Config, dataset: Dataset) -> None:
+        super().__init__(cfg, dataset)
+        self.clients = _clients(self)
+        self.servers = [_server(copy.deepcopy(self.server_template), cfg) for _ in self.clients]
+        self.handles = [InProcessHandle(c) for c in self.clients]
+        self.codec = Codec()
+        self.steps = [0] * len(self.clients)
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.clients)
+
+    def train_round(self, epoch: int, progress: bool) -> RoundStats:
+        for h in self.handles:
+            h.start_epoch(epoch)
+        stats = RoundStats()
+        active = list(range(len(self.clients)))
+        total = sum(-(-len(c.data) // c.batch_size) for c in self.clients)
+        with _bar("splitfed", epoch, total, progress) as bar:
+            while active:  # the pairs are independent; interleaving them stands in for running in parallel
+                for k in list(active):
+                    result = mpsl_step(self.servers[k], [self.handles[k]], self.steps[k])
+                    if result is None:
+                        active.remove(k)
+                        continue
+                    self.steps[k] += 1
+                    stats.add(result.loss, result.correct, result.count)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{stats.loss:.3f}")
+        for server, h in zip(self.servers, self.handles, strict=True):
+            server.end_epoch()
+            h.end_epoch()
+        self._synchronize(epoch)
+        return stats
+
+    def _synchronize(self, epoch: int) -> None:
+        weights = [len(c.data) for c in self.clients]
+        servers = WeightedAverage()  # on the server itself: no network
+        for server, w in zip(self.servers, weights, strict=True):
+            servers.add(trainable_state(server.model), w)
+        server_state = servers.result()
+        for server in self.servers:
+            load_trainable(server.model, server_state)
+
+        clients = WeightedAverage()  # client sides: a FedAvg exchange through the wire encoding
+        for c, h in zip(self.clients, self.handles, strict=True):
+            sent = carry(self.codec, h.traffic, Weights(epoch, len(c.data), trainable_state(c.model)), "up")
+            clients.add(sent.tensors, sent.num_samples)
+        merged = Weights(epoch, 0, clients.result())
+        for c, h in zip(self.clients, self.handles, strict=True):
+            load_trainable(c.model, carry(self.codec, h.traffic, merged, "down").tensors)
+
+    def global_model(self) -> WholeModel:
+        return WholeModel(self.clients[0].model, self.servers[0].model)  # all copies equal after a round
+
+    def traffic(self) -> list[Traffic]:
+        return [h.traffic for h in self.handles]
+
+    def samples_per_client(self) -> list[int]:
+        return [len(c.data) for c in self.clients]
+
+    def client_batch_size(self) -> int:
+        return self.clients[0].batch_size

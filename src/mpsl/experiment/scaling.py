@@ -1,0 +1,55 @@
+"""How traffic per client grows with the backbone, for MPSL and FedAvg, computed from shapes alone.
+
+Models are built on the meta device (no weights, no memory), so the paper's ViT-Ti..ViT-H sweep
+costs seconds. The run's tokenizer settings are kept, so the number of tokens per sample is fixed
+and only the server model grows:
+
+    MPSL   per client per epoch:  n_k x 2 x (sum_m T_m x D + F) x 4 bytes   tokens/features up, grads down
+    FedAvg per client per round:  2 x trainable parameters x 4 bytes        model down, model up
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mpsl.config import Config
+from mpsl.data import DatasetSpec
+from mpsl.models import PRESETS, ArchPreset, WholeModel, build_split_model
+
+FP32 = 4
+
+
+def _meta_input(kind_shape: tuple[int, ...], is_text: bool) -> torch.Tensor:
+    dtype = torch.long if is_text else torch.float32
+    return torch.zeros(1, *kind_shape, dtype=dtype, device="meta")  # one sample: [1, *shape]
+
+
+def arch_traffic(cfg: Config, spec: DatasetSpec, arch: ArchPreset, samples_per_client: float) -> dict[str, Any]:
+    """Per-client payload bytes of one epoch (MPSL) and one round (FedAvg) with the encoder swapped for `arch`."""
+    swapped = cfg.replace(**{
+        "model.encoder.source": "random", "model.encoder.width": arch.width, "model.encoder.depth": arch.depth,
+        "model.encoder.heads": arch.heads, "model.encoder.mlp_ratio": arch.mlp_ratio,
+        "model.encoder.trainable_blocks": arch.depth // 2,  # the paper's policy: the last half trains
+    })
+    with torch.device("meta"):
+        client, server = build_split_model(swapped.model, spec, swapped.seed)
+        inputs = {m: _meta_input(s.shape, s.kind == "text") for m, s in spec.modalities.items()}
+        tokens = client.embed(inputs)  # m -> [1, T_m, D]
+        features = server(tokens)  # [1, M, D] or [1, C]
+    cut_numel = sum(t.numel() for t in tokens.values()) + features.numel()  # per sample, one direction
+    whole = WholeModel(client, server)
+    trainable = sum(p.numel() for p in whole.parameters() if p.requires_grad)
+    return {
+        "encoder_parameters": sum(p.numel() for p in server.encoder.parameters()),
+        "mpsl_bytes_per_sample": 2 * cut_numel * FP32,
+        "mpsl_bytes_per_client_epoch": samples_per_client * 2 * cut_numel * FP32,
+        "fedavg_bytes_per_client_round": 2 * trainable * FP32,
+    }
+
+
+def scaling_table(cfg: Config, spec: DatasetSpec, samples_per_client: float) -> list[dict[str, Any]]:
+    """arch_traffic for every backbone preset, smallest first."""
+    table = [{"preset": name, **arch_traffic(cfg, spec, PRESETS.get(name), samples_per_client)} for name in PRESETS]
+    return sorted(table, key=lambda row: row["encoder_parameters"])
