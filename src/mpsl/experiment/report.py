@@ -58,7 +58,7 @@ def compare_table(results: Results) -> str:
               "wall s"]
     body = [[row["method"], str(row["clients"]), _pct(row["test_accuracy"]), *[_pct(row[a]) for a in ablations],
              f"{row['client_gflop_per_sample']:.3g}", _count(row["client_trainable_params"]),
-             f"{row['client_memory_mb']:.0f}", f"{row['mb_up_per_client']:.1f}", f"{row['mb_down_per_client']:.1f}",
+             f"{row['client_memory_mb']:.3g}", f"{row['mb_up_per_client']:.1f}", f"{row['mb_down_per_client']:.1f}",
              f"{row['wall_seconds']:.0f}"] for row in _rows(results)]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
 
@@ -142,8 +142,9 @@ def compute_plot(results: Results, path: Path, title: str) -> Path:
         whole = r["flops"]["model_per_sample"] / 1e6
         share = r["flops"]["client_per_sample"] / r["flops"]["model_per_sample"]
         note = "whole model" if share > 0.999 else f"1/{1 / share:.0f} of the model"
-        ax.text(flops[y], y, f"  {flops[y]:.3g} MFLOP ({note})", va="center", fontsize=8)
-        ax.set_xlim(right=max(ax.get_xlim()[1], whole * 60))
+        value = f"{flops[y]:,.0f}" if flops[y] >= 100 else f"{flops[y]:.3g}"
+        ax.text(flops[y], y, f"  {value} MFLOP ({note})", va="center", fontsize=8)
+        ax.set_xlim(right=max(ax.get_xlim()[1], whole * 30))
     ax.set_xlabel("client MFLOP per training sample (forward + backward, log scale)")
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3, which="both")
@@ -162,9 +163,9 @@ def communication_plot(results: Results, scaling: Sequence[dict[str, Any]], path
     if table:
         x = [s["encoder_parameters"] / 1e6 for s in table]
         ax.plot(x, [s["mpsl_bytes_per_client_epoch"] / 1e6 for s in table], marker="o", color=COLORS["mpsl"],
-                label="MPSL, per epoch (computed)")
+                label="MPSL, per epoch (computed; half of the blocks train)")
         ax.plot(x, [s["fedavg_bytes_per_client_round"] / 1e6 for s in table], marker="s", color=COLORS["fedavg"],
-                label="FedAvg, per round (computed)")
+                label="FedAvg, per round (computed; half of the blocks train)")
         for xi, s in zip(x, table, strict=True):
             ax.annotate(s["preset"], (xi, s["fedavg_bytes_per_client_round"] / 1e6), textcoords="offset points",
                         xytext=(0, 7), ha="center", fontsize=7)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
+from tqdm import tqdm
 
 from mpsl.config import Config
 from mpsl.data import Dataset, SplitData, partition
@@ -64,9 +65,17 @@ class Method(ABC):
         """The config this method really trains with (e.g. fedavg-adapter freezes the encoder)."""
         return cfg
 
+    clients: Sequence[Any]  # each has .data and .batch_size; methods without clients override the three below
+
     @property
-    @abstractmethod
-    def num_clients(self) -> int: ...
+    def num_clients(self) -> int:
+        return len(self.clients)
+
+    def samples_per_client(self) -> list[int]:
+        return [len(c.data) for c in self.clients]
+
+    def client_batch_size(self) -> int:
+        return self.clients[0].batch_size
 
     @abstractmethod
     def train_round(self, epoch: int, progress: bool) -> RoundStats: ...
@@ -83,12 +92,6 @@ class Method(ABC):
     def traffic(self) -> list[Traffic]:
         """Encoded bytes per client so far; empty for a method with no network."""
 
-    @abstractmethod
-    def samples_per_client(self) -> list[int]: ...
-
-    @abstractmethod
-    def client_batch_size(self) -> int: ...
-
 
 METHODS: Registry[type[Method]] = Registry("method")
 MethodT = TypeVar("MethodT", bound=Method)
@@ -98,6 +101,11 @@ def register(cls: type[MethodT]) -> type[MethodT]:
     """Class decorator: register a method under its `name`."""
     METHODS.register(cls.name)(cls)
     return cls
+
+
+def progress_bar(label: str, total: int, progress: bool) -> tqdm:
+    """One bar per method and epoch (or round), gone when it is done."""
+    return tqdm(total=total, desc=label, unit="step", disable=not progress, leave=False, dynamic_ncols=True)
 
 
 def client_shards(cfg: Config, dataset: Dataset) -> list[SplitData]:

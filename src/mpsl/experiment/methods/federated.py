@@ -25,6 +25,7 @@ from mpsl.experiment.methods.base import (
     RoundStats,
     client_seed,
     client_shards,
+    progress_bar,
     register,
     whole_model_adam,
 )
@@ -84,10 +85,6 @@ class FedAvg(Method):
         self.codec = Codec()
         self.selection = torch.Generator().manual_seed(cfg.seed)
 
-    @property
-    def num_clients(self) -> int:
-        return len(self.clients)
-
     def participants(self) -> list[int]:
         """All clients, or `fl.clients_per_round` of them drawn without replacement each round."""
         n, m = len(self.clients), self.cfg.fl.clients_per_round
@@ -101,8 +98,7 @@ class FedAvg(Method):
         steps = sum(-(-len(c.data) // c.batch_size) for c in chosen) * self.cfg.fl.local_epochs
         broadcast = Weights(epoch, 0, trainable_state(self.model))
         average, stats = WeightedAverage(), RoundStats()
-        with tqdm(total=steps, desc=f"{self.name} round {epoch + 1}", unit="step", disable=not progress,
-                  leave=False, dynamic_ncols=True) as bar:
+        with progress_bar(f"{self.name} round {epoch + 1}", steps, progress) as bar:
             for client in chosen:
                 received = carry(self.codec, client.traffic, broadcast, "down")
                 update, local = local_update(self.worker, received, client, self.cfg, self.task, scale, bar)
@@ -117,12 +113,6 @@ class FedAvg(Method):
 
     def traffic(self) -> list[Traffic]:
         return [c.traffic for c in self.clients]
-
-    def samples_per_client(self) -> list[int]:
-        return [len(c.data) for c in self.clients]
-
-    def client_batch_size(self) -> int:
-        return self.clients[0].batch_size
 
 
 @register

@@ -7,7 +7,15 @@ from tqdm import tqdm
 
 from mpsl.config import Config
 from mpsl.data import Dataset, SplitData
-from mpsl.experiment.methods.base import Method, RoundStats, client_seed, register, step_lr, whole_model_adam
+from mpsl.experiment.methods.base import (
+    Method,
+    RoundStats,
+    client_seed,
+    progress_bar,
+    register,
+    step_lr,
+    whole_model_adam,
+)
 from mpsl.models import WholeModel
 from mpsl.runtime import Traffic
 from mpsl.tasks import Task
@@ -55,8 +63,7 @@ class Centralized(Method):
 
     def train_round(self, epoch: int, progress: bool) -> RoundStats:
         data, b = self.dataset.train, self.cfg.train.batch_size
-        with tqdm(total=-(-len(data) // b), desc=f"centralized epoch {epoch + 1}", unit="step",
-                  disable=not progress, leave=False, dynamic_ncols=True) as bar:
+        with progress_bar(f"centralized epoch {epoch + 1}", -(-len(data) // b), progress) as bar:
             stats = local_epoch(self.model, self.optimizer, data, b, self.order, self.task, bar)
         if self.scheduler is not None:
             self.scheduler.step()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 
-from tqdm import tqdm
-
 from mpsl.config import Config, client_batch_sizes
 from mpsl.data import Dataset
 from mpsl.experiment.averaging import WeightedAverage, fedavg, load_trainable, trainable_state
@@ -21,6 +19,7 @@ from mpsl.experiment.methods.base import (
     adam,
     client_seed,
     client_shards,
+    progress_bar,
     register,
     step_lr,
 )
@@ -46,11 +45,6 @@ def _server(model, cfg: Config) -> SplitServer:
     return SplitServer(model, opt, step_lr(opt, cfg))
 
 
-def _bar(method: str, epoch: int, total: int, progress: bool) -> tqdm:
-    return tqdm(total=total, desc=f"{method} epoch {epoch + 1}", unit="step", disable=not progress, leave=False,
-                dynamic_ncols=True)
-
-
 @register
 class Mpsl(Method):
     """Multimodal Parallel Split Learning: client tokenizers, one shared server encoder."""
@@ -64,16 +58,12 @@ class Mpsl(Method):
         self.handles = [InProcessHandle(c) for c in self.clients]
         self.step = 0
 
-    @property
-    def num_clients(self) -> int:
-        return len(self.clients)
-
     def train_round(self, epoch: int, progress: bool) -> RoundStats:
         for h in self.handles:
             h.start_epoch(epoch)
         stats = RoundStats()
         steps = max(-(-len(c.data) // c.batch_size) for c in self.clients)
-        with _bar("mpsl", epoch, steps, progress) as bar:
+        with progress_bar(f"mpsl epoch {epoch + 1}", steps, progress) as bar:
             while (result := mpsl_step(self.server, self.handles, self.step)) is not None:
                 stats.add(result.loss, result.correct, result.count)  # normalized by samples actually seen
                 self.step += 1
@@ -96,12 +86,6 @@ class Mpsl(Method):
     def traffic(self) -> list[Traffic]:
         return [h.traffic for h in self.handles]
 
-    def samples_per_client(self) -> list[int]:
-        return [len(c.data) for c in self.clients]
-
-    def client_batch_size(self) -> int:
-        return self.clients[0].batch_size
-
 
 @register
 class SplitFed(Method):
@@ -118,17 +102,13 @@ class SplitFed(Method):
         self.codec = Codec()
         self.steps = [0] * len(self.clients)
 
-    @property
-    def num_clients(self) -> int:
-        return len(self.clients)
-
     def train_round(self, epoch: int, progress: bool) -> RoundStats:
         for h in self.handles:
             h.start_epoch(epoch)
         stats = RoundStats()
         active = list(range(len(self.clients)))
         total = sum(-(-len(c.data) // c.batch_size) for c in self.clients)
-        with _bar("splitfed", epoch, total, progress) as bar:
+        with progress_bar(f"splitfed round {epoch + 1}", total, progress) as bar:
             while active:  # the pairs are independent; interleaving them stands in for running in parallel
                 for k in list(active):
                     result = mpsl_step(self.servers[k], [self.handles[k]], self.steps[k])
@@ -167,9 +147,3 @@ class SplitFed(Method):
 
     def traffic(self) -> list[Traffic]:
         return [h.traffic for h in self.handles]
-
-    def samples_per_client(self) -> list[int]:
-        return [len(c.data) for c in self.clients]
-
-    def client_batch_size(self) -> int:
-        return self.clients[0].batch_size
