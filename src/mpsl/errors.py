@@ -19,3 +19,7 @@ class ModelError(MpslError):
 
 class ProtocolError(MpslError):
     """A message does not fit the protocol (wrong type, shape, dtype or framing)."""
+
+
+class ClientUnavailable(MpslError):
+    """A client did not answer in time or its connection broke; the step goes on without it."""

@@ -15,7 +15,7 @@ MESSAGES = [
     Tokens(3, 7, {"image": torch.randn(2, 5, 4), "audio": torch.randn(2, 3, 4)}),
     Features(7, torch.randn(2, 2, 4), 0.25),
     FeatureGrad(7, torch.randn(2, 2, 4), 1.5, 1, 2),
-    CutGrad(7, {"image": torch.randn(2, 5, 4), "audio": torch.randn(2, 3, 4)}),
+    CutGrad(7, {"image": torch.randn(2, 5, 4), "audio": torch.randn(2, 3, 4)}, 0.25),
 ]
 
 

@@ -36,7 +36,7 @@ class SplitClient:
         self._order = torch.arange(len(data))
         self._cursor = 0
         self._pending: tuple[int, dict[str, torch.Tensor], torch.Tensor] | None = None  # step, tokens, labels
-        self._features_done = False
+        self._loss_weight: float | None = None  # the share the head's gradient was computed with
         self.samples_seen = 0
 
     def start_epoch(self, epoch: int) -> None:
@@ -52,7 +52,7 @@ class SplitClient:
         self.model.train()
         tokens = self.model.embed(batch.inputs)  # m -> [b, T_m, D], graph kept until cut_grad
         self._pending = (step, tokens, batch.labels)
-        self._features_done = False
+        self._loss_weight = None
         return Tokens(self.client_id, step, {m: t.detach() for m, t in tokens.items()})
 
     def features(self, msg: Features) -> FeatureGrad:
@@ -64,16 +64,20 @@ class SplitClient:
         predictions = self.model.head(features)  # [b, C]
         loss = self.task.loss(predictions, labels)
         (msg.loss_weight * loss).backward()  # head grads (if any) accumulate until cut_grad steps them
-        self._features_done = True
+        self._loss_weight = msg.loss_weight
         return FeatureGrad(step, features.grad, float(loss.detach()), self.task.correct(predictions, labels),
                            len(labels))
 
     def cut_grad(self, msg: CutGrad) -> None:
         _, tokens, labels = self._expect(msg.step)
-        if not self._features_done:
+        if self._loss_weight is None:
             raise ProtocolError(f"client {self.client_id}: cut gradient for step {msg.step} before its features")
         if set(msg.grads) != set(tokens):
             raise ProtocolError(f"client {self.client_id}: gradient for {sorted(msg.grads)}, sent {sorted(tokens)}")
+        if msg.loss_weight != self._loss_weight:  # another client dropped out: shares were renormalized
+            for p in self.model.head.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(msg.loss_weight / self._loss_weight)
         torch.autograd.backward([tokens[m] for m in tokens], [msg.grads[m] for m in tokens])
         if self.optimizer is not None:
             self.optimizer.step()

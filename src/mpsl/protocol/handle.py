@@ -1,4 +1,8 @@
-"""How the MPSL step talks to one client, whatever carries the messages (a call, gRPC, a Ray actor)."""
+"""How the MPSL step talks to one client, whatever carries the messages (a call, gRPC, a Ray actor).
+
+A handle whose client cannot answer (timeout, broken connection) raises ClientUnavailable from
+embed or features; the step then goes on without that client for this step.
+"""
 
 from __future__ import annotations
 

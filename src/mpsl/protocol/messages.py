@@ -49,6 +49,7 @@ class FeatureGrad:
 class CutGrad:
     step: int
     grads: dict[str, torch.Tensor]  # modality -> [b, T_m, D]
+    loss_weight: float  # the client's final share b_k / B; differs from Features' if a client dropped out
 
 
 @dataclass

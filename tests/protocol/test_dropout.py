@@ -1,0 +1,92 @@
+"""A client that becomes unavailable mid-step is dropped: the step equals one without it."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from mpsl.data import load_dataset
+from mpsl.errors import ClientUnavailable
+from mpsl.models import build_split_model
+from mpsl.protocol import Features, SplitClient, SplitServer, mpsl_step
+from mpsl.runtime import InProcessHandle
+from mpsl.tasks import ClassificationTask
+from tests.helpers import tiny_config
+
+
+class Vanishing(InProcessHandle):
+    """Answers embed, then disappears before returning its feature gradient (or before embed)."""
+
+    def __init__(self, client: SplitClient, at: str) -> None:
+        super().__init__(client)
+        self.at = at
+
+    def embed(self, step: int):
+        if self.at == "embed":
+            raise ClientUnavailable(f"client {self.client_id} timed out")
+        return super().embed(step)
+
+    def features(self, msg: Features):
+        raise ClientUnavailable(f"client {self.client_id} disconnected")
+
+
+def _setup(head: str):
+    """Three clients and a server, with SGD so that any wrong gradient scale shows in the weights."""
+    cfg = tiny_config(f"model.head={head}")
+    data = load_dataset(cfg.data)
+    template, server_model = build_split_model(cfg.model, data.spec, seed=0)
+    clients = []
+    for k in range(3):
+        model = copy.deepcopy(template)
+        clients.append(SplitClient(k, model, data.train.subset(torch.arange(8 * k, 8 * k + 8)), ClassificationTask(),
+                                   4, torch.optim.SGD(model.parameters(), lr=0.5), None, seed=k))
+    server = SplitServer(server_model, torch.optim.SGD(server_model.parameters(), lr=0.5), None)
+    for c in clients:
+        c.start_epoch(0)
+    return clients, server
+
+
+def _params(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def test_a_client_lost_before_its_gradient_leaves_exactly_the_step_of_the_others() -> None:
+    for head in ("client", "server"):
+        # Prepare: the same start twice; in one, client 1 vanishes after sending its tokens
+        clients, server = _setup(head)
+        ref_clients, ref_server = copy.deepcopy(clients), copy.deepcopy(server)
+        handles = [InProcessHandle(clients[0]), Vanishing(clients[1], at="features"), InProcessHandle(clients[2])]
+
+        # Execute
+        result = mpsl_step(server, handles, step=0)
+        reference = mpsl_step(ref_server, [InProcessHandle(ref_clients[0]), InProcessHandle(ref_clients[2])], 0)
+
+        # Assert: shares renormalized to 4/8 each, so the update is the two-client step
+        assert result.client_ids == [0, 2] and result.dropped == [1] and result.count == 8
+        assert result.loss == reference.loss
+        for got, want in zip(_params(server.model), _params(ref_server.model), strict=True):
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+        for k in (0, 2):
+            for got, want in zip(_params(clients[k].model), _params(ref_clients[k].model), strict=True):
+                torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_a_client_that_does_not_answer_embed_sits_the_step_out() -> None:
+    clients, server = _setup("client")
+    handles = [InProcessHandle(clients[0]), Vanishing(clients[1], at="embed"), InProcessHandle(clients[2])]
+
+    result = mpsl_step(server, handles, step=0)
+
+    assert result.client_ids == [0, 2] and result.dropped == [1]
+    assert clients[1].samples_seen == 0 and clients[0].samples_seen == 4
+
+
+def test_when_every_client_is_unavailable_the_server_does_not_change() -> None:
+    clients, server = _setup("client")
+    before = _params(server.model)
+
+    result = mpsl_step(server, [Vanishing(c, at="features") for c in clients], step=0)
+
+    assert result is not None and not result.stepped and result.dropped == [0, 1, 2]
+    assert all(torch.equal(a, b) for a, b in zip(before, _params(server.model), strict=True))
