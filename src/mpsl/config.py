@@ -90,6 +90,19 @@ class FLConfig:
 
 
 @dataclass(frozen=True)
+class DeployConfig:
+    """`mpsl server` / `mpsl client` over gRPC (the in-process simulation ignores this section)."""
+
+    step_timeout: float = 30.0  # seconds a client has to answer each request; then it is dropped
+    min_participants: int = 1  # fewer connected clients than this: the server waits
+    max_client_batch: int | None = None  # largest mini-batch a client may send; None: train.batch_size
+    wire_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # tensors on the wire
+    chunk_mb: float = 1.0  # encoded messages travel in gRPC messages of at most this size
+    checkpoint_every: int = 50  # steps between checkpoints (server and clients, coordinated)
+    checkpoint_dir: str | None = None  # None: runs/<name>/server or runs/<name>/client-<id>
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     tensorboard: bool = False  # event files in runs/<name>/<method>/tensorboard (needs `tensorboard`)
 
@@ -116,6 +129,7 @@ class Config:
     fl: FLConfig = field(default_factory=FLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
 
     def replace(self, **overrides: Any) -> Config:
         """A copy with dotted overrides applied and validated, e.g. replace(**{"train.epochs": 1})."""
@@ -311,6 +325,13 @@ def validate(cfg: Config) -> None:
     _require(0 < tr.lr_gamma <= 1, "train.lr_gamma", "must be in (0, 1]")
     _require(cfg.eval.batch_size >= 1, "eval.batch_size", "must be at least 1")
     _require(cfg.fl.local_epochs >= 1, "fl.local_epochs", f"must be at least 1, got {cfg.fl.local_epochs}")
+    dep = cfg.deploy
+    _require(dep.step_timeout > 0, "deploy.step_timeout", "must be positive seconds")
+    _require(dep.min_participants >= 1, "deploy.min_participants", "must be at least 1")
+    _require(dep.max_client_batch is None or dep.max_client_batch >= 1, "deploy.max_client_batch",
+             "must be at least 1")
+    _require(0.01 <= dep.chunk_mb <= 64, "deploy.chunk_mb", f"must be in [0.01, 64], got {dep.chunk_mb}")
+    _require(dep.checkpoint_every >= 1, "deploy.checkpoint_every", "must be at least 1")
     per_round = cfg.fl.clients_per_round
     _require(per_round is None or 1 <= per_round <= cfg.num_clients, "fl.clients_per_round",
              f"must be between 1 and num_clients={cfg.num_clients}, got {per_round}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from mpsl.data.spec import SplitData
@@ -38,10 +40,12 @@ class SplitClient:
         self._pending: tuple[int, dict[str, torch.Tensor], torch.Tensor] | None = None  # step, tokens, labels
         self._loss_weight: float | None = None  # the share the head's gradient was computed with
         self.samples_seen = 0
+        self.epoch: int | None = None
 
     def start_epoch(self, epoch: int) -> None:
         self._order = torch.randperm(len(self.data), generator=self._shuffle)
         self._cursor = 0
+        self.epoch = epoch
 
     def embed(self, step: int) -> Tokens | None:
         if self._cursor >= len(self.data):
@@ -94,3 +98,25 @@ class SplitClient:
             held = None if self._pending is None else self._pending[0]
             raise ProtocolError(f"client {self.client_id}: message for step {step}, but the open step is {held}")
         return self._pending
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where this client is between two steps."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "shuffle": self._shuffle.get_state(), "order": self._order, "cursor": self._cursor,
+            "samples_seen": self.samples_seen, "epoch": -1 if self.epoch is None else self.epoch,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.optimizer is not None and state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self._shuffle.set_state(state["shuffle"])
+        self._order, self._cursor = state["order"], int(state["cursor"])
+        self.samples_seen = int(state["samples_seen"])
+        self.epoch = None if state["epoch"] < 0 else int(state["epoch"])
+        self._pending, self._loss_weight = None, None

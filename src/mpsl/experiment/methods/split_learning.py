@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 
 from mpsl.config import Config, client_batch_sizes
-from mpsl.data import Dataset
+from mpsl.data import Dataset, SplitData
 from mpsl.experiment.averaging import WeightedAverage, fedavg, load_trainable, trainable_state
 from mpsl.experiment.methods.base import (
     Method,
@@ -23,24 +23,27 @@ from mpsl.experiment.methods.base import (
     register,
     step_lr,
 )
-from mpsl.models import ClientModel, WholeModel
+from mpsl.models import ClientModel, ServerModel, WholeModel
 from mpsl.protocol import Codec, SplitClient, SplitServer, Weights, mpsl_step
 from mpsl.runtime import InProcessHandle, Traffic, carry
+from mpsl.tasks import Task
+
+
+def split_client(cfg: Config, k: int, shard: SplitData, batch: int, template: ClientModel, task: Task) -> SplitClient:
+    """Client k as every runtime builds it: a copy of the template, its own Adam, its own data order."""
+    model = copy.deepcopy(template)
+    opt = adam([(model.parameters(), cfg.train.client_lr)], cfg.train.weight_decay)
+    return SplitClient(k, model, shard, task, batch, opt, step_lr(opt, cfg), client_seed(cfg, k))
 
 
 def _clients(method: Method) -> list[SplitClient]:
-    cfg = method.cfg
-    shards = client_shards(cfg, method.dataset)
-    batches = client_batch_sizes(cfg, [len(s) for s in shards])
-    clients = []
-    for k, (shard, batch) in enumerate(zip(shards, batches, strict=True)):
-        model = copy.deepcopy(method.client_template)
-        opt = adam([(model.parameters(), cfg.train.client_lr)], cfg.train.weight_decay)
-        clients.append(SplitClient(k, model, shard, method.task, batch, opt, step_lr(opt, cfg), client_seed(cfg, k)))
-    return clients
+    shards = client_shards(method.cfg, method.dataset)
+    batches = client_batch_sizes(method.cfg, [len(s) for s in shards])
+    return [split_client(method.cfg, k, shard, batch, method.client_template, method.task)
+            for k, (shard, batch) in enumerate(zip(shards, batches, strict=True))]
 
 
-def _server(model, cfg: Config) -> SplitServer:
+def split_server(model: ServerModel, cfg: Config) -> SplitServer:
     opt = adam([(model.parameters(), cfg.train.server_lr)], cfg.train.weight_decay)
     return SplitServer(model, opt, step_lr(opt, cfg))
 
@@ -54,7 +57,7 @@ class Mpsl(Method):
     def __init__(self, cfg: Config, dataset: Dataset) -> None:
         super().__init__(cfg, dataset)
         self.clients = _clients(self)
-        self.server = _server(self.server_template, cfg)
+        self.server = split_server(self.server_template, cfg)
         self.handles = [InProcessHandle(c) for c in self.clients]
         self.step = 0
 
@@ -97,7 +100,7 @@ class SplitFed(Method):
     def __init__(self, cfg: Config, dataset: Dataset) -> None:
         super().__init__(cfg, dataset)
         self.clients = _clients(self)
-        self.servers = [_server(copy.deepcopy(self.server_template), cfg) for _ in self.clients]
+        self.servers = [split_server(copy.deepcopy(self.server_template), cfg) for _ in self.clients]
         self.handles = [InProcessHandle(c) for c in self.clients]
         self.codec = Codec()
         self.steps = [0] * len(self.clients)

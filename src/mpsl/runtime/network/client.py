@@ -1,0 +1,130 @@
+"""The edge side of the gRPC runtime: dial out, authenticate, answer the server's requests.
+
+The device's `SplitClient` does the work; this module only moves its messages. Connection loss
+is retried with backoff for `retry_for` seconds (a restarted server is found again); a refusal
+(wrong token, invalid message) is final and raised as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import grpc
+
+from mpsl.errors import MpslError
+from mpsl.protocol import Codec, CutGrad, FeatureGrad, Features, Tokens
+from mpsl.runtime.network import mpsl_pb2 as pb
+from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
+from mpsl.runtime.network.framing import Reassembler, chunks
+from mpsl.runtime.network.security import AUTH_KEY, CLIENT_ID_KEY
+from mpsl.runtime.network.server import Limits, grpc_options
+
+FINAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT}
+
+
+class EdgeClient(Protocol):
+    """What the runtime drives on the device: a SplitClient plus its own checkpoints."""
+
+    client_id: int
+    epoch: int | None
+
+    def start_epoch(self, epoch: int) -> None: ...
+    def embed(self, step: int) -> Tokens | None: ...
+    def features(self, msg: Features) -> FeatureGrad: ...
+    def cut_grad(self, msg: CutGrad) -> None: ...
+    def end_epoch(self) -> None: ...
+    def save(self, step: int) -> None: ...
+    def restore(self, step: int) -> bool: ...
+    def finish(self) -> None: ...
+    def samples(self) -> int: ...
+
+
+class _Session:
+    def __init__(self, client: EdgeClient, codec: Codec, limits: Limits, log: Callable[[str], None]) -> None:
+        self.client, self.codec, self.limits, self.log = client, codec, limits, log
+
+    def _frames(self, msg: object) -> list[pb.ClientMessage]:
+        frame = self.codec.encode(msg)
+        pieces = chunks(frame, self.limits.chunk_bytes)
+        return [pb.ClientMessage(frame=pb.Chunk(data=d, last=last)) for d, last in pieces]
+
+    async def answer(self, message: pb.ServerMessage, assembler: Reassembler) -> list[pb.ClientMessage] | None:
+        """The replies to one server message; None once training is finished."""
+        c = self.client
+        kind = message.WhichOneof("kind")
+        done = [pb.ClientMessage(done=pb.Done())]
+        if kind == "welcome":
+            w = message.welcome
+            self.log(f"joined: server at epoch {w.epoch + 1}, step {w.step}")
+            if w.resume_step >= 0 and not await asyncio.to_thread(c.restore, w.resume_step):
+                self.log(f"the server resumed from step {w.resume_step}; no checkpoint of it here, continuing")
+            return []
+        if kind == "start_epoch":
+            if c.epoch != message.start_epoch.epoch:  # same epoch: resumed mid-epoch, keep the data order
+                await asyncio.to_thread(c.start_epoch, message.start_epoch.epoch)
+            return done
+        if kind == "embed":
+            tokens = await asyncio.to_thread(c.embed, message.embed.step)
+            return [pb.ClientMessage(exhausted=pb.Exhausted(step=message.embed.step))] if tokens is None \
+                else self._frames(tokens)
+        if kind == "frame":
+            frame = assembler.add(message.frame.data, message.frame.last)
+            if frame is None:
+                return []
+            msg = self.codec.decode(frame)
+            if isinstance(msg, Features):
+                return self._frames(await asyncio.to_thread(c.features, msg))
+            if isinstance(msg, CutGrad):
+                await asyncio.to_thread(c.cut_grad, msg)
+                return done
+            raise MpslError(f"the server sent an unexpected {type(msg).__name__}")
+        if kind == "end_epoch":
+            await asyncio.to_thread(c.end_epoch)
+            return done
+        if kind == "checkpoint":
+            await asyncio.to_thread(c.save, message.checkpoint.step)
+            return done
+        if kind == "finish":
+            await asyncio.to_thread(c.finish)
+            return None
+        raise MpslError(f"the server sent an unknown message {kind!r}")
+
+
+async def run_edge_client(client: EdgeClient, target: str, token: str | None,
+                          credentials: grpc.ChannelCredentials | None, codec: Codec, limits: Limits,
+                          retry_for: float, log: Callable[[str], None]) -> None:
+    """Serve the server's requests until it says training is finished."""
+    session = _Session(client, codec, limits, log)
+    metadata = [(CLIENT_ID_KEY, str(client.client_id))] + ([(AUTH_KEY, f"Bearer {token}")] if token else [])
+    last_contact, delay = time.monotonic(), 0.5
+    while True:
+        channel = (grpc.aio.secure_channel(target, credentials, options=grpc_options(limits)) if credentials
+                   else grpc.aio.insecure_channel(target, options=grpc_options(limits)))
+        try:
+            call = pb_grpc.SplitLearningStub(channel).Session(metadata=metadata)
+            await call.write(pb.ClientMessage(join=pb.Join(client_id=client.client_id, samples=client.samples())))
+            assembler = Reassembler(limits.max_frame_bytes)
+            while (message := await call.read()) is not grpc.aio.EOF:
+                last_contact, delay = time.monotonic(), 0.5
+                replies = await session.answer(message, assembler)
+                if replies is None:
+                    await call.done_writing()
+                    log("training finished")
+                    return
+                for reply in replies:
+                    await call.write(reply)
+            reason = "the server closed the stream"
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in FINAL:
+                raise MpslError(f"the server refused this client: {exc.code().name}: {exc.details()}") from None
+            reason = f"{exc.code().name}: {exc.details()}"
+        finally:
+            await channel.close()
+        if time.monotonic() - last_contact > retry_for:
+            raise MpslError(f"no connection to {target} for {retry_for:g} s ({reason})")
+        log(f"connection lost ({reason}); retrying in {delay:.1f} s")
+        await asyncio.sleep(delay)
+        delay = min(2 * delay, 5.0)

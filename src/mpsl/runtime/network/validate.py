@@ -1,0 +1,48 @@
+"""What the server accepts from a client, derived from the config before any client connects.
+
+Every incoming message is decoded by the codec (dtype allow-list, byte length = numel x element
+size, finite values) and then checked here against the shapes the configured model produces, so a
+malformed or hostile message is refused before it can reach the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mpsl.errors import ProtocolError
+from mpsl.protocol import FeatureGrad, Tokens
+
+
+@dataclass(frozen=True)
+class Expected:
+    tokens: dict[str, int]  # modality -> T_m, in the server's modality order
+    width: int
+    max_batch: int
+
+    def check_tokens(self, msg: Tokens, client_id: int, step: int) -> None:
+        if msg.client_id != client_id:
+            raise ProtocolError(f"tokens claim client {msg.client_id}, the connection is client {client_id}")
+        if msg.step != step:
+            raise ProtocolError(f"tokens for step {msg.step}, the server asked for step {step}")
+        if list(msg.tokens) != list(self.tokens):
+            raise ProtocolError(f"modalities {list(msg.tokens)}, expected {list(self.tokens)}")
+        sizes = set()
+        for m, t in msg.tokens.items():
+            if t.dim() != 3 or t.shape[1] != self.tokens[m] or t.shape[2] != self.width:
+                raise ProtocolError(f"tokens.{m}: shape {tuple(t.shape)}, expected [batch, {self.tokens[m]}, "
+                                    f"{self.width}]")
+            sizes.add(t.shape[0])
+        if len(sizes) != 1:
+            raise ProtocolError(f"modalities disagree on the batch size: {sorted(sizes)}")
+        batch = sizes.pop()
+        if not 1 <= batch <= self.max_batch:
+            raise ProtocolError(f"batch of {batch} samples, allowed 1..{self.max_batch} (deploy.max_client_batch)")
+
+    @staticmethod
+    def check_grad(msg: FeatureGrad, step: int, shape: tuple[int, ...]) -> None:
+        if msg.step != step:
+            raise ProtocolError(f"feature gradient for step {msg.step}, the open step is {step}")
+        if tuple(msg.grad.shape) != shape:
+            raise ProtocolError(f"feature gradient of shape {tuple(msg.grad.shape)}, the features were {shape}")
+        if msg.count < 0 or msg.correct < 0 or msg.correct > msg.count:
+            raise ProtocolError(f"metrics out of range: correct {msg.correct} of {msg.count}")
