@@ -253,7 +253,7 @@ class SplitLearningService(pb_grpc.SplitLearningServicer):
         try:
             while (message := await context.read()) is not grpc.aio.EOF:
                 conn.receive(message, assembler)
-            conn.fail(grpc.StatusCode.OK, "the client closed its stream")
+            conn.fail(grpc.StatusCode.UNAVAILABLE, "the client closed its stream")  # before training finished
         except ProtocolError as exc:
             conn.fail(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except (asyncio.CancelledError, grpc.aio.AioRpcError):

@@ -1,0 +1,1 @@
+"""The gRPC runtime: `mpsl server` hosts the encoder, `mpsl client` runs on each edge device."""

@@ -1,0 +1,89 @@
+"""A live server runtime in a background thread, and a hand-driven client for hostile messages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from mpsl.config import Config
+from mpsl.experiment.deployment import ServerRuntime
+from mpsl.runtime.network import mpsl_pb2 as pb
+from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """ServerRuntime on 127.0.0.1 in its own event loop thread; its SplitServer stays inspectable."""
+
+    def __init__(self, cfg: Config, tokens_file: str | None = None) -> None:
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.runtime = asyncio.run_coroutine_threadsafe(self._start(cfg, tokens_file), self.loop).result(60)
+
+    async def _start(self, cfg: Config, tokens_file: str | None) -> ServerRuntime:
+        runtime = ServerRuntime(cfg, f"127.0.0.1:{self.port}", False, tokens_file, None)
+        await runtime.start()
+        self.training = asyncio.ensure_future(runtime.train())
+        return runtime
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runtime.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+class RogueClient:
+    """Speaks the wire protocol by hand, so a test can send exactly the bytes it wants."""
+
+    def __init__(self, port: int, client_id: int = 0, token: str | None = None) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.outgoing: queue.Queue[pb.ClientMessage | None] = queue.Queue()
+        metadata = [("x-mpsl-client-id", str(client_id))] + ([("authorization", f"Bearer {token}")] if token else [])
+        self.incoming = pb_grpc.SplitLearningStub(self.channel).Session(self._requests(), metadata=metadata)
+        self.client_id = client_id
+
+    def _requests(self) -> Iterator[pb.ClientMessage]:
+        while (message := self.outgoing.get()) is not None:
+            yield message
+
+    def send(self, message: pb.ClientMessage) -> None:
+        self.outgoing.put(message)
+
+    def next(self) -> pb.ServerMessage:
+        return next(self.incoming)
+
+    def join_until_embed(self) -> int:
+        """Join, acknowledge the epoch start, and return the step the server asks tokens for."""
+        self.send(pb.ClientMessage(join=pb.Join(client_id=self.client_id, samples=10)))
+        while True:
+            message = self.next()
+            kind = message.WhichOneof("kind")
+            if kind == "embed":
+                return message.embed.step
+            if kind == "start_epoch":
+                self.send(pb.ClientMessage(done=pb.Done()))
+
+    def close(self) -> None:
+        self.outgoing.put(None)
+        self.channel.close()
+
+
+def frame(msg_type: str, fields: dict, tensors: list[tuple[str, str, list[int], bytes]]) -> bytes:
+    """An MPSL frame written by hand (magic, version, header length, JSON header, raw tensor bytes)."""
+    header = json.dumps({"type": msg_type, "fields": fields,
+                         "tensors": [{"name": n, "dtype": d, "shape": s} for n, d, s, _ in tensors]}).encode()
+    return struct.pack("<4sBI", b"MPSL", 1, len(header)) + header + b"".join(raw for *_, raw in tensors)
