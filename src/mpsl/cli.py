@@ -123,8 +123,6 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _server(args: argparse.Namespace) -> None:
-    import asyncio
-
     from mpsl.config import load_config
     from mpsl.errors import ConfigError
     from mpsl.experiment.deployment import serve
@@ -134,7 +132,7 @@ def _server(args: argparse.Namespace) -> None:
         raise ConfigError("--tls-cert and --tls-key go together")
     cfg = load_config(args.config, args.overrides)
     tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
-    asyncio.run(serve(cfg, args.listen, args.resume, args.tokens, tls))
+    serve(cfg, args.listen, args.resume, args.tokens, tls)
 
 
 def _client(args: argparse.Namespace) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import queue
 import socket
@@ -13,7 +12,7 @@ from collections.abc import Iterator
 import grpc
 
 from mpsl.config import Config
-from mpsl.experiment.deployment import ServerRuntime
+from mpsl.experiment.deployment import NetworkThread, ServerRuntime
 from mpsl.runtime.network import mpsl_pb2 as pb
 from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
 
@@ -29,21 +28,16 @@ class LiveServer:
 
     def __init__(self, cfg: Config, tokens_file: str | None = None) -> None:
         self.port = free_port()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.runtime = asyncio.run_coroutine_threadsafe(self._start(cfg, tokens_file), self.loop).result(60)
-
-    async def _start(self, cfg: Config, tokens_file: str | None) -> ServerRuntime:
-        runtime = ServerRuntime(cfg, f"127.0.0.1:{self.port}", False, tokens_file, None)
-        await runtime.start()
-        self.training = asyncio.ensure_future(runtime.train())
-        return runtime
+        self.runtime = ServerRuntime(cfg, f"127.0.0.1:{self.port}", False, tokens_file, None)
+        self.network = NetworkThread()
+        self.network.run(self.runtime.start(), timeout=60)
+        self.training = threading.Thread(target=self.runtime.trainer.run, daemon=True)
+        self.training.start()
 
     def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runtime.stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        self.network.run(self.runtime.stop(), timeout=30)
+        self.training.join(10)
+        self.network.close()
 
 
 class RogueClient:

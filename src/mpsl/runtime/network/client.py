@@ -1,6 +1,8 @@
 """The edge side of the gRPC runtime: dial out, authenticate, answer the server's requests.
 
-The device's `SplitClient` does the work; this module only moves its messages. Connection loss
+The device's `SplitClient` does the work, on the event loop's own thread (the device has nothing
+else to do meanwhile, and one torch-calling thread keeps torch's thread pool uncontended); this
+module only moves its messages. Connection loss
 is retried with backoff for `retry_for` seconds (a restarted server is found again); a refusal
 (wrong token, invalid message) is final and raised as an error.
 """
@@ -59,15 +61,15 @@ class _Session:
         if kind == "welcome":
             w = message.welcome
             self.log(f"joined: server at epoch {w.epoch + 1}, step {w.step}")
-            if w.resume_step >= 0 and not await asyncio.to_thread(c.restore, w.resume_step):
+            if w.resume_step >= 0 and not c.restore(w.resume_step):
                 self.log(f"the server resumed from step {w.resume_step}; no checkpoint of it here, continuing")
             return []
         if kind == "start_epoch":
             if c.epoch != message.start_epoch.epoch:  # same epoch: resumed mid-epoch, keep the data order
-                await asyncio.to_thread(c.start_epoch, message.start_epoch.epoch)
+                c.start_epoch(message.start_epoch.epoch)
             return done
         if kind == "embed":
-            tokens = await asyncio.to_thread(c.embed, message.embed.step)
+            tokens = c.embed(message.embed.step)
             return [pb.ClientMessage(exhausted=pb.Exhausted(step=message.embed.step))] if tokens is None \
                 else self._frames(tokens)
         if kind == "frame":
@@ -76,19 +78,19 @@ class _Session:
                 return []
             msg = self.codec.decode(frame)
             if isinstance(msg, Features):
-                return self._frames(await asyncio.to_thread(c.features, msg))
+                return self._frames(c.features(msg))
             if isinstance(msg, CutGrad):
-                await asyncio.to_thread(c.cut_grad, msg)
+                c.cut_grad(msg)
                 return done
             raise MpslError(f"the server sent an unexpected {type(msg).__name__}")
         if kind == "end_epoch":
-            await asyncio.to_thread(c.end_epoch)
+            c.end_epoch()
             return done
         if kind == "checkpoint":
-            await asyncio.to_thread(c.save, message.checkpoint.step)
+            c.save(message.checkpoint.step)
             return done
         if kind == "finish":
-            await asyncio.to_thread(c.finish)
+            c.finish()
             return None
         raise MpslError(f"the server sent an unknown message {kind!r}")
 

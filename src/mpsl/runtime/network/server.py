@@ -12,6 +12,7 @@ import asyncio
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +57,8 @@ class Connection:
         self.replies: asyncio.Queue[Any] = asyncio.Queue()
         self.closed = asyncio.Event()
         self.abort: tuple[grpc.StatusCode, str] | None = None
-        self.awaiting: tuple[str, int, tuple[int, ...] | None] | None = None  # reply kind, step, grad shape
+        self.expecting: deque[tuple[str, int, tuple[int, ...] | None]] = deque()  # reply kind, step, grad shape
+        self.deferred = 0  # replies owed to requests nobody waits for
         self.epoch: int | None = None
         self.exhausted = False
         self.traffic = Traffic()
@@ -69,20 +71,31 @@ class Connection:
             self.outbox.put_nowait(_CLOSE)
 
     async def request(self, messages: list[pb.ServerMessage], expect: str, step: int,
-                      shape: tuple[int, ...] | None = None) -> Any:
-        """Send `messages`, wait for the one reply of kind `expect`; ClientUnavailable on timeout or loss."""
+                      shape: tuple[int, ...] | None = None, wait: bool = True) -> Any:
+        """Send `messages`; return the one reply of kind `expect`, or with wait=False let a later request
+        collect it (a pipelined acknowledgement). ClientUnavailable on timeout or loss."""
         if self.closed.is_set():
             raise ClientUnavailable(f"client {self.client_id} is disconnected")
-        self.awaiting = (expect, step, shape)
+        self.expecting.append((expect, step, shape))
         for m in messages:
             self.outbox.put_nowait(m)
+        if not wait:
+            self.deferred += 1
+            return None
+        while True:
+            reply = await self._next_reply(expect)
+            if self.deferred:  # in order: the replies of earlier, unawaited requests come first
+                self.deferred -= 1
+                continue
+            return reply
+
+    async def _next_reply(self, expect: str) -> Any:
         reply = asyncio.ensure_future(self.replies.get())
         lost = asyncio.ensure_future(self.closed.wait())
         done, _ = await asyncio.wait({reply, lost}, timeout=self.limits.step_timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
         lost.cancel()
         if reply in done:
-            self.awaiting = None
             return reply.result()
         reply.cancel()
         if not done:
@@ -92,11 +105,11 @@ class Connection:
         raise ClientUnavailable(f"client {self.client_id} disconnected: {self.abort[1] if self.abort else 'closed'}")
 
     def receive(self, message: pb.ClientMessage, assembler: Reassembler) -> None:
-        """Check one incoming message against what was asked; anything else closes the stream."""
+        """Check one incoming message against the oldest open request; anything else closes the stream."""
         kind = message.WhichOneof("kind")
-        if self.awaiting is None:
+        if not self.expecting:
             raise ProtocolError(f"unexpected {kind}: nothing was asked")
-        expect, step, shape = self.awaiting
+        expect, step, shape = self.expecting[0]
         if kind == "frame":
             self.traffic.up += len(message.frame.data)
             frame = assembler.add(message.frame.data, message.frame.last)
@@ -109,13 +122,15 @@ class Connection:
                 self.expected.check_grad(msg, step, shape or ())
             else:
                 raise ProtocolError(f"a {type(msg).__name__} message, expected {expect}")
-            self.replies.put_nowait(msg)
+            reply: Any = msg
         elif kind == "exhausted" and expect == "tokens":
-            self.replies.put_nowait(None)
+            reply = None
         elif kind == "done" and expect == "done":
-            self.replies.put_nowait(True)
+            reply = True
         else:
             raise ProtocolError(f"unexpected {kind}, expected {expect}")
+        self.expecting.popleft()
+        self.replies.put_nowait(reply)
 
 
 class Hub:
@@ -166,9 +181,9 @@ class RemoteHandle:
         return self.conn.traffic
 
     def _call(self, messages: list[pb.ServerMessage], expect: str, step: int,
-              shape: tuple[int, ...] | None = None) -> Any:
+              shape: tuple[int, ...] | None = None, wait: bool = True) -> Any:
         self.conn.traffic.down += sum(m.ByteSize() for m in messages)
-        future = asyncio.run_coroutine_threadsafe(self.conn.request(messages, expect, step, shape), self.loop)
+        future = asyncio.run_coroutine_threadsafe(self.conn.request(messages, expect, step, shape, wait), self.loop)
         return future.result()
 
     def _encoded(self, msg: Any) -> list[pb.ServerMessage]:
@@ -189,7 +204,8 @@ class RemoteHandle:
         return self._call(self._encoded(msg), "feature_grad", msg.step, tuple(msg.features.shape))
 
     def cut_grad(self, msg: CutGrad) -> None:
-        self._call(self._encoded(msg), "done", msg.step)
+        """Not awaited: the client's next answer comes after it, so its acknowledgement is collected then."""
+        self._call(self._encoded(msg), "done", msg.step, wait=False)
 
     def end_epoch(self) -> None:
         self._call([pb.ServerMessage(end_epoch=pb.EndEpoch(epoch=self.conn.epoch or 0))], "done", -1)
