@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--server", required=True, metavar="HOST:PORT")
     client.add_argument("--client-id", required=True, type=int, help="this device's id, 0..num_clients-1; "
                                                                      "it also selects the data partition")
+    client.add_argument("--data", choices=("partition", "all"), default="partition",
+                        help="partition: this client's share of the dataset (simulating many devices on one "
+                             "dataset); all: the whole training split the dataset loader returns on this device")
     client.add_argument("--resume", action="store_true", help="start from this client's last checkpoint")
     client.add_argument("--token-file", metavar="FILE", help="file whose first line is this client's token")
     client.add_argument("--tls-ca", metavar="FILE", help="CA (or self-signed) certificate to trust (PEM)")
@@ -144,7 +147,7 @@ def _client(args: argparse.Namespace) -> None:
     _import_plugins(args.imports)
     cfg = load_config(args.config, args.overrides)
     asyncio.run(run_client(cfg, args.server, args.client_id, args.resume, args.token_file, args.tls_ca,
-                           args.retry_for))
+                           args.retry_for, whole_split=args.data == "all"))
 
 
 def _status(args: argparse.Namespace) -> None:

@@ -136,3 +136,22 @@ def test_chunks_rejoin_to_the_same_frame() -> None:
 
     assert [last for _, last in parts].count(True) == 1 and joined[-1] == data and joined[:-1] == [None] * 10
     assert list(chunks(b"", 10)) == [(b"", True)]
+
+
+def test_status_reports_progress_and_the_connected_clients(server) -> None:
+    import asyncio
+
+    from mpsl.errors import MpslError
+    from mpsl.experiment.deployment import status
+    from tests.runtime.network_helpers import free_port
+
+    rogue = RogueClient(server.port)
+    step = rogue.join_until_embed()
+
+    info = asyncio.run(status(f"127.0.0.1:{server.port}", None))
+    rogue.close()
+
+    assert info["state"] == "training" and info["step"] == step
+    assert [(c["client_id"], c["epoch"]) for c in info["connected"]] == [(0, 1)]
+    with pytest.raises(MpslError, match="no status"):
+        asyncio.run(status(f"127.0.0.1:{free_port()}", None))

@@ -24,7 +24,7 @@ import grpc
 import torch
 from safetensors.torch import save_model
 
-from mpsl.config import Config, client_batch_sizes
+from mpsl.config import Config, client_batch_size, client_batch_sizes
 from mpsl.data import DatasetSpec, load_dataset
 from mpsl.errors import ClientUnavailable, MpslError
 from mpsl.experiment.methods.base import client_shards
@@ -365,17 +365,20 @@ class DeviceClient:
 
 
 async def run_client(cfg: Config, target: str, client_id: int, resume: bool, token_file: str | None,
-                     ca: str | None, retry_for: float) -> None:
+                     ca: str | None, retry_for: float, whole_split: bool = False) -> None:
     _log_to_stderr()
     sys.setswitchinterval(SWITCH_INTERVAL)
     if not 0 <= client_id < cfg.num_clients:
         raise MpslError(f"--client-id {client_id}: must be in 0..{cfg.num_clients - 1} (num_clients)")
     dataset = load_dataset(cfg.data)
-    shards = client_shards(cfg, dataset)
-    batches = client_batch_sizes(cfg, [len(s) for s in shards])
+    if whole_split:  # the device's own data: everything its loader returns, batch ceil(B / N)
+        shard, batch = dataset.train, client_batch_size(cfg)
+    else:  # simulating num_clients devices on one dataset: this client's partition of it
+        shards = client_shards(cfg, dataset)
+        shard, batch = shards[client_id], client_batch_sizes(cfg, [len(s) for s in shards])[client_id]
     template, _ = build_split_model(cfg.model, dataset.spec, cfg.seed)
     task = TASKS.get(dataset.spec.task)()
-    device = DeviceClient(split_client(cfg, client_id, shards[client_id], batches[client_id], template, task),
+    device = DeviceClient(split_client(cfg, client_id, shard, batch, template, task),
                           _checkpoint_dir(cfg, f"client-{client_id}"))
     if resume:
         step = device.restore_latest()

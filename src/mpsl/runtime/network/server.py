@@ -159,7 +159,8 @@ class Hub:
 
     def status(self) -> dict[str, Any]:
         return {**self.progress, "connected": [
-            {"client_id": c.client_id, "peer": c.peer, "epoch": c.epoch, "exhausted": c.exhausted,
+            {"client_id": c.client_id, "peer": c.peer, "epoch": None if c.epoch is None else c.epoch + 1,
+             "exhausted": c.exhausted,
              "bytes_up": c.traffic.up, "bytes_down": c.traffic.down, "connected_s": round(time.time() - c.joined)}
             for c in self.connected()]}
 
