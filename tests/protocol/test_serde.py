@@ -102,3 +102,30 @@ def test_non_finite_values_are_refused() -> None:
 def test_random_bytes_never_crash_the_decoder(raw: bytes) -> None:
     with contextlib.suppress(ProtocolError):
         Codec().decode(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    dtype=st.sampled_from(["float32", "float16", "bfloat16", "float64", "int8", "", "x"]),
+    shape=st.lists(st.integers(min_value=-2, max_value=2**40), max_size=4),
+    payload=st.binary(max_size=256),
+    field=st.sampled_from(["grad", "features", "tokens.image", "grad.x"]),
+    kind=st.sampled_from(["FeatureGrad", "Features", "Tokens", "Nope"]),
+)
+def test_random_headers_shapes_and_payloads_give_a_valid_message_or_a_protocol_error(
+        dtype: str, shape: list[int], payload: bytes, field: str, kind: str) -> None:
+    import json
+
+    header = json.dumps({"type": kind, "fields": {"step": 1, "loss": 0.5, "correct": 0, "count": 1,
+                                                  "loss_weight": 1.0, "client_id": 0},
+                         "tensors": [{"name": field, "dtype": dtype, "shape": shape}]}).encode()
+    frame = struct.pack("<4sBI", b"MPSL", 1, len(header)) + header + payload
+
+    try:
+        msg = Codec().decode(frame)
+    except ProtocolError:
+        return
+    tensors = [v for v in vars(msg).values() if isinstance(v, torch.Tensor)]
+    tensors += [t for v in vars(msg).values() if isinstance(v, dict) for t in v.values()]
+    assert tensors and all(list(t.shape) == shape and t.dtype == torch.float32 for t in tensors)
+    assert all(torch.isfinite(t).all() for t in tensors)
