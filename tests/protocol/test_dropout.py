@@ -90,3 +90,25 @@ def test_when_every_client_is_unavailable_the_server_does_not_change() -> None:
 
     assert result is not None and not result.stepped and result.dropped == [0, 1, 2]
     assert all(torch.equal(a, b) for a, b in zip(before, _params(server.model), strict=True))
+
+
+def test_a_client_restored_from_its_state_continues_exactly_where_it_was() -> None:
+    # Prepare: client 0 takes a step, its state is saved, then it takes another
+    clients, server = _setup("client")
+    mpsl_step(server, [InProcessHandle(clients[0])], step=0)
+    saved = copy.deepcopy(clients[0].state_dict())
+    fresh = copy.deepcopy(clients[0])
+    fresh.start_epoch(5)  # a different data order and epoch, to be overwritten
+    expected = clients[0].embed(step=1)
+
+    # Execute: a restarted client (another copy, scrambled) loads the saved state
+    with torch.no_grad():
+        for p in fresh.model.parameters():
+            p.add_(1.0)
+    fresh.load_state_dict(saved)
+    got = fresh.embed(step=1)
+
+    # Assert: same next mini-batch, same tokens
+    assert fresh.samples_seen == 4 and fresh.epoch == 0
+    for m in expected.tokens:
+        assert torch.equal(got.tokens[m], expected.tokens[m])

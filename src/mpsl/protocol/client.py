@@ -10,6 +10,7 @@ from mpsl.data.spec import SplitData
 from mpsl.errors import ProtocolError
 from mpsl.models.split import ClientModel
 from mpsl.protocol.messages import CutGrad, FeatureGrad, Features, Tokens
+from mpsl.protocol.state import load_training_state, training_state
 from mpsl.tasks import Task
 
 
@@ -102,19 +103,13 @@ class SplitClient:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly where this client is between two steps."""
         return {
-            "model": self.model.state_dict(),
-            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
-            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            **training_state(self.model, self.optimizer, self.scheduler),
             "shuffle": self._shuffle.get_state(), "order": self._order, "cursor": self._cursor,
             "samples_seen": self.samples_seen, "epoch": -1 if self.epoch is None else self.epoch,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        if self.optimizer is not None and state["optimizer"] is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state["scheduler"] is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+        load_training_state(state, self.model, self.optimizer, self.scheduler)
         self._shuffle.set_state(state["shuffle"])
         self._order, self._cursor = state["order"], int(state["cursor"])
         self.samples_seen = int(state["samples_seen"])

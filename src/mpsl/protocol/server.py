@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from mpsl.models.split import ServerModel
+from mpsl.protocol.state import load_training_state, training_state
 
 
 class SplitServer:
@@ -36,13 +37,7 @@ class SplitServer:
             self.scheduler.step()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(),
-                "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
-                "scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
+        return training_state(self.model, self.optimizer, self.scheduler)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        if self.optimizer is not None and state["optimizer"] is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state["scheduler"] is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+        load_training_state(state, self.model, self.optimizer, self.scheduler)
