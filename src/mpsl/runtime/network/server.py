@@ -65,7 +65,8 @@ class Connection:
         self.joined = time.time()
 
     def fail(self, code: grpc.StatusCode, message: str) -> None:
-        if not self.closed.is_set():
+        """Close the stream with this status; the first reason wins (a finished client may hang up)."""
+        if not self.closed.is_set() and self.abort is None:
             self.abort = (code, message)
             self.closed.set()
             self.outbox.put_nowait(_CLOSE)
