@@ -211,3 +211,12 @@ def test_prepare_unknown_dataset_is_one_line(tmp_path: Path) -> None:
     proc = _mpsl("data", "prepare", "imagenet", cwd=tmp_path)
 
     assert proc.returncode == 2 and "unknown dataset 'imagenet'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("args", "names"), [(["--preset", "vit-x", "--task", "coco-qa"], "unknown preset 'vit-x'"),
+                                             (["--preset", "vit-b16", "--task", "imagenet"], "unknown cost task"),
+                                             (["--preset", "vit-b16"], "--preset and --task, or --all")])
+def test_cost_rejects_unknown_presets_and_tasks_with_one_line(tmp_path: Path, args: list[str], names: str) -> None:
+    proc = _mpsl("cost", *args, cwd=tmp_path)
+
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and names in proc.stderr

@@ -1,4 +1,4 @@
-"""Command line: `mpsl run | compare | demo | report | eval | server | client | status | data prepare | list`."""
+"""Command line: `mpsl run | compare | demo | report | eval | server | client | status | cost | data | list`."""
 
 from __future__ import annotations
 
@@ -49,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--tls-ca", metavar="FILE", help="CA (or self-signed) certificate to trust (PEM)")
     client.add_argument("--retry-for", type=float, default=300.0, metavar="SECONDS",
                         help="keep reconnecting this long after losing the server (default 300)")
+
+    cost = sub.add_parser("cost", help="per-sample FLOPs and bytes of MPSL vs FL for the paper's tasks and backbones")
+    cost.add_argument("--preset", help="backbone, e.g. vit-b16 (`mpsl list`)")
+    cost.add_argument("--task", help="paper task shape, e.g. coco-qa (`mpsl list`)")
+    cost.add_argument("--all", action="store_true", help="every task x every backbone")
+    cost.add_argument("--wire-dtype", default="float16", choices=("float32", "float16", "bfloat16"),
+                      help="the second bytes column (the first is fp32)")
+    cost.add_argument("--write", metavar="FILE", help="with --all: write the Markdown report (docs/costs.md)")
 
     status = sub.add_parser("status", help="connected clients and progress of a running mpsl server")
     status.add_argument("--server", required=True, metavar="HOST:PORT")
@@ -150,6 +158,27 @@ def _client(args: argparse.Namespace) -> None:
                            args.retry_for, whole_split=args.data == "all"))
 
 
+def _cost(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mpsl.errors import ConfigError
+    from mpsl.experiment.costs import COST_TASKS, all_costs, costs_markdown, costs_table, task_cost
+    from mpsl.models import PRESETS
+
+    if args.all:
+        if args.write:
+            Path(args.write).write_text(costs_markdown(args.wire_dtype))
+            print(f"wrote {args.write}")
+        else:
+            print(costs_table(all_costs(args.wire_dtype), args.wire_dtype))
+        return
+    if not args.preset or not args.task:
+        raise ConfigError("mpsl cost needs --preset and --task, or --all")
+    PRESETS.get(args.preset)
+    COST_TASKS.get(args.task)
+    print(costs_table([task_cost(args.preset, args.task, args.wire_dtype)], args.wire_dtype))
+
+
 def _status(args: argparse.Namespace) -> None:
     import asyncio
     import json
@@ -161,13 +190,15 @@ def _status(args: argparse.Namespace) -> None:
 
 def _list(args: argparse.Namespace) -> None:
     from mpsl.data import DATASETS, PARTITIONS
+    from mpsl.experiment.costs import COST_TASKS
     from mpsl.experiment.methods import METHODS
-    from mpsl.models import ENCODERS, FUSIONS, TOKENIZERS
+    from mpsl.models import ENCODERS, FUSIONS, PRESETS, TOKENIZERS
 
     for name in DATASETS:
         print(f"dataset    {name:<14} {DATASETS.get(name).summary}")
     for title, registry in (("encoder", ENCODERS), ("tokenizer", TOKENIZERS), ("fusion", FUSIONS),
-                            ("partition", PARTITIONS), ("method", METHODS)):
+                            ("partition", PARTITIONS), ("method", METHODS), ("preset", PRESETS),
+                            ("cost task", COST_TASKS)):
         print(f"{title:<10} {', '.join(registry)}")
 
 
@@ -179,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     commands = {"run": _run, "compare": _run, "demo": _run, "data": _prepare, "report": _report, "eval": _eval,
-                "server": _server, "client": _client, "status": _status, "list": _list}
+                "server": _server, "client": _client, "status": _status, "cost": _cost, "list": _list}
     try:
         commands[args.command](args)
     except MpslError as exc:

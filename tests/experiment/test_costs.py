@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mpsl.data import load_dataset
 from mpsl.experiment.accounting import client_memory, training_flops
 from mpsl.experiment.averaging import trainable_state
+from mpsl.experiment.costs import COST_TASKS, task_cost
 from mpsl.experiment.methods.federated import FedAvg
 from mpsl.experiment.methods.split_learning import Mpsl
 from mpsl.experiment.scaling import arch_traffic, scaling_table
@@ -79,3 +81,23 @@ def test_flops_split_at_the_cut_add_up_to_the_whole_model() -> None:
 
     assert flops.client_per_sample + flops.server_per_sample == counter.get_total_flops() / 8
     assert flops.server_per_sample > 10 * flops.client_per_sample
+
+
+@pytest.mark.parametrize("task", COST_TASKS.names())
+def test_cost_of_every_paper_task_grows_with_the_backbone(task: str) -> None:
+    small, large = task_cost("vit-ti16", task), task_cost("vit-b16", task)
+
+    assert large["total_over_client"] > small["total_over_client"] > 1
+    assert large["fl_bytes_per_round_each_way"] > 10 * small["fl_bytes_per_round_each_way"]
+    assert large["bytes_up_fp32"] == 4 * small["bytes_up_fp32"]  # same tokens, 768 / 192 wider
+    assert small["total_over_client_no_attention"] < small["total_over_client"]
+
+
+def test_cost_at_vit_b16_reproduces_the_papers_shapes_and_ratio() -> None:
+    coco = task_cost("vit-b16", "coco-qa", wire_dtype="float16")
+
+    assert coco["tokens"] == {"image": 197, "text": 1}
+    assert coco["bytes_up_fp32"] == 4 * (198 + 2) * 768  # tokens + the two modality features' gradient
+    assert coco["bytes_up_float16"] == coco["bytes_up_fp32"] // 2
+    assert 140 < coco["total_over_client"] < 160  # the paper's ~150x for COCO-QA at ViT-B
+    assert 400 < task_cost("vit-b16", "meld")["total_over_client"] < 600  # and ~500x for MELD

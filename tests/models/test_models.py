@@ -13,8 +13,8 @@ from mpsl.models.encoder import minilm_dir
 from mpsl.models.tokenizers import build_tokenizer
 
 TINY_ENCODER = EncoderConfig(source="random", width=32, depth=4, heads=2)
-SHAPES = {"image": (3, 16, 16), "audio": (1, 16, 24), "text": (6,)}
-EXPECTED_TOKENS = {"image": 1 + 4 * 4, "audio": 1 + 4 * 6, "text": 6}
+SHAPES = {"image": (3, 16, 16), "audio": (1, 16, 24), "text": (6,), "sentence": (2, 20)}
+EXPECTED_TOKENS = {"image": 1 + 4 * 4, "audio": 1 + 4 * 6, "text": 6, "sentence": 2}
 
 
 def _inputs(kind: str, b: int) -> torch.Tensor:
@@ -35,6 +35,17 @@ def test_tokenizers_emit_cls_led_tokens_of_the_encoder_width(kind: str) -> None:
     assert out.shape == (3, EXPECTED_TOKENS[kind], 32)
     out.sum().backward()
     assert all(p.grad is not None for p in tok.parameters())
+
+
+def test_sentence_vectors_are_zero_padded_to_the_width_one_token_each() -> None:
+    bundle = build_encoder(TINY_ENCODER)
+    tok = build_tokenizer(ModalitySpec("sentence", (2, 20)), ModelConfig(encoder=TINY_ENCODER), bundle)
+    tok.norm = torch.nn.Identity()  # look at the padding itself
+    vectors = torch.randn(3, 2, 20)
+
+    out = tok(vectors)
+
+    assert torch.equal(out[..., :20], vectors) and torch.count_nonzero(out[..., 20:]) == 0
 
 
 def test_text_tokenizer_starts_from_the_encoders_word_embeddings() -> None:

@@ -77,6 +77,25 @@ class TextTokenizer(nn.Module):
         return self.norm(tokens)
 
 
+class SentenceTokenizer(nn.Module):
+    """The paper's text recipe: a frozen sentence encoder's vectors [b, S, E] (CLIP: E = 512, computed on the
+    client, outside its trainable state) zero-padded to the width, one token per sentence: [b, S, D].
+
+    Narrower encoders than E keep the first D components.
+    """
+
+    def __init__(self, num_sentences: int, width: int, norm: nn.LayerNorm) -> None:
+        super().__init__()
+        self.width = width
+        self.num_tokens = num_sentences
+        self.norm = norm
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        e = vectors.shape[-1]
+        padded = nn.functional.pad(vectors, (0, self.width - e)) if e <= self.width else vectors[..., : self.width]
+        return self.norm(padded)  # [b, S, E] -> [b, S, D]
+
+
 TokenizerBuilder = Callable[[ModalitySpec, ModelConfig, EncoderBundle], nn.Module]
 TOKENIZERS: Registry[TokenizerBuilder] = Registry("modality kind")
 
@@ -101,6 +120,12 @@ def _text(spec: ModalitySpec, cfg: ModelConfig, bundle: EncoderBundle) -> nn.Mod
         raise ValueError("text needs an encoder source with word embeddings")
     (max_len,) = spec.shape
     return TextTokenizer(bundle.word_embeddings, max_len, _pre_norm(bundle.width, bundle.embed_norm))
+
+
+@TOKENIZERS.register("sentence")
+def _sentence(spec: ModalitySpec, cfg: ModelConfig, bundle: EncoderBundle) -> nn.Module:
+    num_sentences, _dim = spec.shape
+    return SentenceTokenizer(num_sentences, bundle.width, _pre_norm(bundle.width, bundle.embed_norm))
 
 
 def build_tokenizer(spec: ModalitySpec, cfg: ModelConfig, bundle: EncoderBundle) -> nn.Module:
