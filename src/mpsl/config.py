@@ -40,11 +40,14 @@ class EncoderConfig:
     path: str | None = None  # local model directory; None: the packaged default of `source`
     trainable_blocks: int | None = None  # the last k blocks train; None: half of them (paper)
     dropout: float = 0.0
-    # architecture of `source: random` (ignored for pretrained sources)
+    # architecture of the random sources (`random`: BERT blocks, `vit`: ViT blocks); `preset` (e.g. vit-b16)
+    # sets width/depth/heads/mlp_ratio at once and gives timm/open_clip checkpoints their head count
+    preset: str | None = None
     width: int = 384
     depth: int = 6
     heads: int = 12
     mlp_ratio: float = 4.0
+    act: Literal["gelu", "quick_gelu"] = "gelu"  # ViT MLP activation (OpenAI CLIP weights: quick_gelu)
 
 
 @dataclass(frozen=True)

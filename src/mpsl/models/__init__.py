@@ -1,5 +1,6 @@
 """Models: client tokenizers, the server's shared encoder, fusion and heads."""
 
+from mpsl.models import vit_sources  # noqa: F401  (registers the ViT-family encoder sources)
 from mpsl.models.adapters import ADAPTERS, AttentionAdapter
 from mpsl.models.encoder import ENCODERS, EncoderBundle, SharedEncoder, build_encoder
 from mpsl.models.fusion import FUSIONS, POOLINGS

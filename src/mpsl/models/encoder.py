@@ -12,6 +12,7 @@ from torch import nn
 
 from mpsl.config import EncoderConfig
 from mpsl.errors import ConfigError, ModelError
+from mpsl.models.checkpoints import PatchEmbedding
 from mpsl.registry import Registry
 
 
@@ -22,10 +23,11 @@ class SharedEncoder(nn.Module):
     cut-layer tensors.
     """
 
-    def __init__(self, blocks: nn.ModuleList, width: int) -> None:
+    def __init__(self, blocks: nn.ModuleList, width: int, norm: nn.Module | None = None) -> None:
         super().__init__()
         self.blocks = blocks
         self.width = width
+        self.norm = norm if norm is not None else nn.Identity()  # pre-norm (ViT) stacks end with one
 
     @property
     def depth(self) -> int:
@@ -35,7 +37,7 @@ class SharedEncoder(nn.Module):
         for block in self.blocks:
             out = block(x)
             x = out[0] if isinstance(out, tuple) else out  # older transformers return tuples
-        return x
+        return self.norm(x)
 
     def train_last(self, k: int) -> None:
         """Freeze all blocks, then unfreeze the last k (the paper trains 6 of 12)."""
@@ -43,6 +45,7 @@ class SharedEncoder(nn.Module):
             raise ConfigError(f"model.encoder.trainable_blocks: {k} is outside 0..{self.depth} (encoder depth)")
         for i, block in enumerate(self.blocks):
             block.requires_grad_(i >= self.depth - k)
+        self.norm.requires_grad_(k > 0)  # the final norm trains with the last block
 
 
 @dataclass
@@ -53,6 +56,8 @@ class EncoderBundle:
     word_embeddings: nn.Embedding | None  # text tokenizers start from the model's own vocabulary
     embed_norm: nn.LayerNorm | None  # the checkpoint's input LayerNorm, reused as tokenizer pre-norm
     vocab_dir: Path | None  # where the WordPiece vocabulary lives, if any
+    patch_embed: PatchEmbedding | None = None  # image tokenizers start from it when it fits
+    pre_norm: bool = True  # tokenizers end with a LayerNorm (BERT, CLIP); a plain ViT feeds tokens as they are
 
     @property
     def width(self) -> int:

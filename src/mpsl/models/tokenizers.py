@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -9,13 +10,19 @@ from torch import nn
 
 from mpsl.config import ModelConfig
 from mpsl.data.spec import ModalitySpec
+from mpsl.errors import ModelError
+from mpsl.models.checkpoints import PatchEmbedding
 from mpsl.models.encoder import EncoderBundle
 from mpsl.registry import Registry
 
 
-def _pre_norm(width: int, like: nn.LayerNorm | None) -> nn.LayerNorm:
-    """A fresh LayerNorm, started from the checkpoint's input norm so tokens land in the scale it expects."""
-    norm = nn.LayerNorm(width, eps=like.eps if like is not None else 1e-6)
+def _pre_norm(bundle: EncoderBundle) -> nn.Module:
+    """The checkpoint's input LayerNorm (a client-owned copy), so tokens land in the scale its blocks expect;
+    none for plain ViTs, whose blocks normalize their own input."""
+    if not bundle.pre_norm:
+        return nn.Identity()
+    like = bundle.embed_norm
+    norm = nn.LayerNorm(bundle.width, eps=like.eps if like is not None else 1e-6)
     if like is not None:
         norm.load_state_dict(like.state_dict())
     return norm
@@ -34,15 +41,17 @@ class PatchTokenizer(nn.Module):
         patch: tuple[int, int],
         stride: tuple[int, int],
         width: int,
-        norm: nn.LayerNorm,
+        norm: nn.Module,
+        bias: bool = False,
     ) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(in_chans, width, kernel_size=patch, stride=stride, bias=False)
+        self.proj = nn.Conv2d(in_chans, width, kernel_size=patch, stride=stride, bias=bias)
         grid_h = (input_hw[0] - patch[0]) // stride[0] + 1
         grid_w = (input_hw[1] - patch[1]) // stride[1] + 1
         if grid_h < 1 or grid_w < 1:
             raise ValueError(f"patch {patch} is larger than the input {input_hw}")
         self.num_tokens = 1 + grid_h * grid_w
+        self._grid = (grid_h, grid_w)
         self.cls = nn.Parameter(torch.zeros(1, 1, width))
         self.pos = nn.Parameter(torch.zeros(1, self.num_tokens, width))
         nn.init.trunc_normal_(self.pos, std=0.02)
@@ -56,6 +65,42 @@ class PatchTokenizer(nn.Module):
         tokens = torch.cat([cls, patches], dim=1) + self.pos  # [b, 1 + N, D]
         return self.norm(tokens)
 
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self._grid
+
+    @torch.no_grad()
+    def load_embedding(self, embed: PatchEmbedding) -> None:
+        """Start from a checkpoint's patch embedding: conv (summed over RGB for 1-channel inputs), CLS, and
+        positions, bicubically resized when this input gives another patch grid."""
+        weight = embed.weight  # [D, C, p, p]
+        if weight.shape[1] != self.proj.in_channels:
+            if self.proj.in_channels != 1:
+                raise ModelError(f"the checkpoint's patch embedding takes {weight.shape[1]} channels, "
+                                 f"the input has {self.proj.in_channels}")
+            weight = weight.sum(dim=1, keepdim=True)  # [D, 3, p, p] -> [D, 1, p, p], as timm does for grayscale
+        if weight.shape != self.proj.weight.shape:
+            raise ModelError(f"the checkpoint's patch embedding is {tuple(weight.shape)}, the tokenizer's "
+                             f"{tuple(self.proj.weight.shape)} (set model.image.patch to the checkpoint's patch size)")
+        self.proj.weight.copy_(weight)
+        if self.proj.bias is not None and embed.bias is not None:
+            self.proj.bias.copy_(embed.bias)
+        self.cls.copy_(embed.cls.reshape(1, 1, -1))
+        self.pos.copy_(resize_positions(embed.pos, self._grid).unsqueeze(0))
+
+
+def resize_positions(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """[1 + n*n, D] CLS + square-grid positions -> [1 + gh*gw, D], bicubic over the grid (timm's recipe)."""
+    cls, patches = pos[:1], pos[1:]  # [1, D], [n*n, D]
+    n = math.isqrt(patches.shape[0])
+    if n * n != patches.shape[0]:
+        raise ModelError(f"the checkpoint's {patches.shape[0]} patch positions are not a square grid")
+    if (n, n) == grid:
+        return pos
+    square = patches.reshape(1, n, n, -1).permute(0, 3, 1, 2)  # [1, D, n, n]
+    resized = nn.functional.interpolate(square, size=grid, mode="bicubic", align_corners=False)  # [1, D, gh, gw]
+    return torch.cat([cls, resized.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)])  # [1 + gh*gw, D]
+
 
 class TextTokenizer(nn.Module):
     """WordPiece ids [b, L] (first id is [CLS]) -> [b, L, D] through the encoder's own word embeddings.
@@ -63,7 +108,7 @@ class TextTokenizer(nn.Module):
     Reusing the pretrained vocabulary means text needs no separate text encoder on the client.
     """
 
-    def __init__(self, embeddings: nn.Embedding, max_len: int, norm: nn.LayerNorm) -> None:
+    def __init__(self, embeddings: nn.Embedding, max_len: int, norm: nn.Module) -> None:
         super().__init__()
         self.words = nn.Embedding.from_pretrained(embeddings.weight.detach().clone(), freeze=False)
         width = embeddings.embedding_dim
@@ -84,7 +129,7 @@ class SentenceTokenizer(nn.Module):
     Narrower encoders than E keep the first D components.
     """
 
-    def __init__(self, num_sentences: int, width: int, norm: nn.LayerNorm) -> None:
+    def __init__(self, num_sentences: int, width: int, norm: nn.Module) -> None:
         super().__init__()
         self.width = width
         self.num_tokens = num_sentences
@@ -100,18 +145,22 @@ TokenizerBuilder = Callable[[ModalitySpec, ModelConfig, EncoderBundle], nn.Modul
 TOKENIZERS: Registry[TokenizerBuilder] = Registry("modality kind")
 
 
-def _patch_builder(section: str) -> TokenizerBuilder:
+def _patch_builder(section: str, from_checkpoint: bool) -> TokenizerBuilder:
     def build(spec: ModalitySpec, cfg: ModelConfig, bundle: EncoderBundle) -> nn.Module:
         tok = getattr(cfg, section)
         c, h, w = spec.shape
-        return PatchTokenizer(c, (h, w), tok.patch, tok.stride or tok.patch, bundle.width,
-                              _pre_norm(bundle.width, bundle.embed_norm))
+        embed = bundle.patch_embed if from_checkpoint else None
+        tokenizer = PatchTokenizer(c, (h, w), tok.patch, tok.stride or tok.patch, bundle.width, _pre_norm(bundle),
+                                   bias=embed is not None and embed.bias is not None)
+        if embed is not None:
+            tokenizer.load_embedding(embed)
+        return tokenizer
 
     return build
 
 
-TOKENIZERS.register("image")(_patch_builder("image"))
-TOKENIZERS.register("audio")(_patch_builder("audio"))
+TOKENIZERS.register("image")(_patch_builder("image", from_checkpoint=True))
+TOKENIZERS.register("audio")(_patch_builder("audio", from_checkpoint=False))  # positions start fresh (paper)
 
 
 @TOKENIZERS.register("text")
@@ -119,13 +168,13 @@ def _text(spec: ModalitySpec, cfg: ModelConfig, bundle: EncoderBundle) -> nn.Mod
     if bundle.word_embeddings is None:
         raise ValueError("text needs an encoder source with word embeddings")
     (max_len,) = spec.shape
-    return TextTokenizer(bundle.word_embeddings, max_len, _pre_norm(bundle.width, bundle.embed_norm))
+    return TextTokenizer(bundle.word_embeddings, max_len, _pre_norm(bundle))
 
 
 @TOKENIZERS.register("sentence")
 def _sentence(spec: ModalitySpec, cfg: ModelConfig, bundle: EncoderBundle) -> nn.Module:
     num_sentences, _dim = spec.shape
-    return SentenceTokenizer(num_sentences, bundle.width, _pre_norm(bundle.width, bundle.embed_norm))
+    return SentenceTokenizer(num_sentences, bundle.width, _pre_norm(bundle))
 
 
 def build_tokenizer(spec: ModalitySpec, cfg: ModelConfig, bundle: EncoderBundle) -> nn.Module:
