@@ -35,10 +35,22 @@ class PartitionConfig:
 
 
 @dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ()  # suffixes of Linear layers in the blocks, e.g. [qkv, proj]; empty: all of them
+
+
+@dataclass(frozen=True)
 class EncoderConfig:
     source: str = "minilm"  # a name in mpsl.models.ENCODERS
     path: str | None = None  # local model directory; None: the packaged default of `source`
+    # last_k: the last `trainable_blocks` blocks train (paper); frozen: none (Meta-Transformer style);
+    # lora: low-rank adapters (peft) on the blocks' Linear layers, the blocks themselves frozen
+    finetune: Literal["last_k", "frozen", "lora"] = "last_k"
     trainable_blocks: int | None = None  # the last k blocks train; None: half of them (paper)
+    lora: LoraSettings = field(default_factory=LoraSettings)
     dropout: float = 0.0
     # architecture of the random sources (`random`: BERT blocks, `vit`: ViT blocks); `preset` (e.g. vit-b16)
     # sets width/depth/heads/mlp_ratio at once and gives timm/open_clip checkpoints their head count
@@ -314,6 +326,9 @@ def validate(cfg: Config) -> None:
     _require(enc.trainable_blocks is None or enc.trainable_blocks >= 0, "model.encoder.trainable_blocks",
              "must be 0 or more")
     _require(0.0 <= enc.dropout < 1.0, "model.encoder.dropout", "must be in [0, 1)")
+    _require(enc.lora.rank >= 1, "model.encoder.lora.rank", "must be at least 1")
+    _require(enc.lora.alpha > 0, "model.encoder.lora.alpha", "must be positive")
+    _require(0.0 <= enc.lora.dropout < 1.0, "model.encoder.lora.dropout", "must be in [0, 1)")
     _require(enc.width >= 1 and enc.depth >= 1 and enc.heads >= 1, "model.encoder", "width, depth, heads >= 1")
     _require(enc.width % enc.heads == 0, "model.encoder.width", f"{enc.width} is not divisible by heads={enc.heads}")
     for name in ("image", "audio"):

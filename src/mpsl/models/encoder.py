@@ -144,7 +144,8 @@ def _random(cfg: EncoderConfig) -> EncoderBundle:
 
 
 def build_encoder(cfg: EncoderConfig) -> EncoderBundle:
+    from mpsl.models.finetune import FINETUNING
+
     bundle = ENCODERS.get(cfg.source)(cfg)
-    k = bundle.encoder.depth // 2 if cfg.trainable_blocks is None else cfg.trainable_blocks
-    bundle.encoder.train_last(k)
+    FINETUNING.get(cfg.finetune)(bundle.encoder, cfg)
     return bundle
