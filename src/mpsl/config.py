@@ -79,6 +79,7 @@ class ModelConfig:
     # FedCLIP-style attention adapter on the pooled features (Linear-Tanh-Linear-Softmax, multiplied
     # onto them): one per modality, one shared by all, or none. `fedavg-adapter` turns it on.
     adapter: Literal["none", "per-modality", "shared"] = "none"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # the server encoder under autocast (fp16: grad scaler)
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def mpsl_step(server: SplitServer, handles: Sequence[ClientHandle], step: int,
     grads = [replies[k].grad * rescale if k in kept else torch.zeros_like(down[k].features)
              for k in range(len(arrived))]
     # each reply already carries its weight, so the concatenation is dL/d outputs
-    server.backward_and_step(outputs, torch.cat(grads))  # [B, ...]
+    server.backward_and_step(outputs, torch.cat(grads), list(tokens.values()))  # [B, ...]
 
     cut = {m: tokens[m].grad.split(sizes) for m in modalities}  # m -> k-th slice [b_k, T_m, D]
     sends = [(arrived[k][0], CutGrad(step, {m: cut[m][k] for m in modalities}, sizes[k] / remaining)) for k in kept]

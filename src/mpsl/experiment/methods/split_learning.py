@@ -45,7 +45,7 @@ def _clients(method: Method) -> list[SplitClient]:
 
 def split_server(model: ServerModel, cfg: Config) -> SplitServer:
     opt = adam([(model.parameters(), cfg.train.server_lr)], cfg.train.weight_decay)
-    return SplitServer(model, opt, step_lr(opt, cfg))
+    return SplitServer(model, opt, step_lr(opt, cfg), cfg.model.precision)
 
 
 @register
