@@ -79,6 +79,9 @@ class ModelConfig:
     # FedCLIP-style attention adapter on the pooled features (Linear-Tanh-Linear-Softmax, multiplied
     # onto them): one per modality, one shared by all, or none. `fedavg-adapter` turns it on.
     adapter: Literal["none", "per-modality", "shared"] = "none"
+    # the client-side frozen text encoder of `clip-text` modalities (the paper's text recipe): a local
+    # Hugging Face CLIP directory whose text tower turns each sentence into one vector
+    text_encoder: str | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # the server encoder under autocast (fp16: grad scaler)
 
 

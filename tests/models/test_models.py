@@ -13,28 +13,71 @@ from mpsl.models.encoder import minilm_dir
 from mpsl.models.tokenizers import build_tokenizer
 
 TINY_ENCODER = EncoderConfig(source="random", width=32, depth=4, heads=2)
-SHAPES = {"image": (3, 16, 16), "audio": (1, 16, 24), "text": (6,), "sentence": (2, 20)}
-EXPECTED_TOKENS = {"image": 1 + 4 * 4, "audio": 1 + 4 * 6, "text": 6, "sentence": 2}
+SHAPES = {"image": (3, 16, 16), "audio": (1, 16, 24), "text": (6,), "sentence": (2, 20), "clip-text": (2, 8)}
+EXPECTED_TOKENS = {"image": 1 + 4 * 4, "audio": 1 + 4 * 6, "text": 6, "sentence": 2, "clip-text": 2}
+CLIP_TEXT_DIM = 24
 
 
 def _inputs(kind: str, b: int) -> torch.Tensor:
-    if kind == "text":
-        return torch.randint(1, 1000, (b, *SHAPES[kind]))
+    if kind in ("text", "clip-text"):
+        return torch.randint(1, 100, (b, *SHAPES[kind]))
     return torch.randn(b, *SHAPES[kind])
 
 
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random CLIP saved the way a user's local CLIP directory is."""
+    from transformers import CLIPConfig, CLIPModel
+
+    text = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
+            "vocab_size": 100, "max_position_embeddings": 8, "projection_dim": CLIP_TEXT_DIM,
+            "bos_token_id": 98, "eos_token_id": 99}
+    vision = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
+              "image_size": 8, "patch_size": 4}
+    path = tmp_path_factory.mktemp("clip")
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=CLIP_TEXT_DIM)).save_pretrained(path)
+    return str(path)
+
+
 @pytest.mark.parametrize("kind", TOKENIZERS.names())
-def test_tokenizers_emit_cls_led_tokens_of_the_encoder_width(kind: str) -> None:
+def test_tokenizers_emit_cls_led_tokens_of_the_encoder_width(kind: str, clip_dir: str) -> None:
     bundle = build_encoder(TINY_ENCODER)
     tok = build_tokenizer(ModalitySpec(kind, SHAPES[kind]), ModelConfig(encoder=TINY_ENCODER,
-                          image=TokenizerConfig(patch=(4, 4)),
-                          audio=TokenizerConfig(patch=(4, 4))), bundle)
+                          image=TokenizerConfig(patch=(4, 4)), audio=TokenizerConfig(patch=(4, 4)),
+                          text_encoder=clip_dir), bundle)
 
     out = tok(_inputs(kind, 3))
 
     assert out.shape == (3, EXPECTED_TOKENS[kind], 32)
     out.sum().backward()
-    assert all(p.grad is not None for p in tok.parameters())
+    assert all(p.grad is not None for p in tok.parameters() if p.requires_grad)
+
+
+def test_clip_text_tokens_are_the_frozen_text_towers_vectors_zero_padded(clip_dir: str) -> None:
+    from transformers import CLIPTextModelWithProjection
+
+    from mpsl.experiment.averaging import trainable_state
+
+    bundle = build_encoder(TINY_ENCODER)
+    tok = build_tokenizer(ModalitySpec("clip-text", (2, 8)), ModelConfig(encoder=TINY_ENCODER, text_encoder=clip_dir),
+                          bundle)
+    tok.sentences.norm = torch.nn.Identity()  # look at the vectors themselves
+    ids = _inputs("clip-text", 3)
+
+    out = tok.train()(ids)
+
+    reference = CLIPTextModelWithProjection.from_pretrained(clip_dir).eval()(input_ids=ids.reshape(6, 8)).text_embeds
+    torch.testing.assert_close(out[..., :CLIP_TEXT_DIM], reference.reshape(3, 2, CLIP_TEXT_DIM))
+    assert torch.count_nonzero(out[..., CLIP_TEXT_DIM:]) == 0 and out.grad_fn is None
+    assert not any(name.startswith("text_model.") for name in trainable_state(tok))  # never trained or sent
+
+
+def test_clip_text_without_a_text_encoder_is_a_config_error() -> None:
+    from mpsl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.text_encoder"):
+        build_tokenizer(ModalitySpec("clip-text", (1, 8)), ModelConfig(encoder=TINY_ENCODER),
+                        build_encoder(TINY_ENCODER))
 
 
 def test_sentence_vectors_are_zero_padded_to_the_width_one_token_each() -> None:

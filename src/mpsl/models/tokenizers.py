@@ -10,7 +10,7 @@ from torch import nn
 
 from mpsl.config import ModelConfig
 from mpsl.data.spec import ModalitySpec
-from mpsl.errors import ModelError
+from mpsl.errors import ConfigError, ModelError
 from mpsl.models.checkpoints import PatchEmbedding
 from mpsl.models.encoder import EncoderBundle
 from mpsl.registry import Registry
@@ -141,6 +141,51 @@ class SentenceTokenizer(nn.Module):
         return self.norm(padded)  # [b, S, E] -> [b, S, D]
 
 
+class ClipTextTokenizer(nn.Module):
+    """The paper's text recipe end to end on the client: CLIP token ids [b, S, L] -> the frozen CLIP text
+    tower's sentence vectors [b, S, E] -> zero-padded tokens [b, S, D], one per sentence.
+
+    The text tower never trains and is never averaged or sent: its parameters do not require grad.
+    """
+
+    def __init__(self, text_model: nn.Module, sentences: SentenceTokenizer) -> None:
+        super().__init__()
+        self.text_model = text_model.eval().requires_grad_(False)
+        self.sentences = sentences
+        self.num_tokens = sentences.num_tokens
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        b, s, length = ids.shape
+        with torch.no_grad():
+            vectors = self.text_model(input_ids=ids.reshape(b * s, length)).text_embeds  # [b*S, E]
+        return self.sentences(vectors.reshape(b, s, -1))  # [b, S, E] -> [b, S, D]
+
+    def train(self, mode: bool = True) -> ClipTextTokenizer:
+        super().train(mode)
+        self.text_model.eval()  # frozen: no dropout, whatever the client's mode
+        return self
+
+
+def load_clip_text(path: str) -> nn.Module:
+    """A local Hugging Face CLIP directory's text tower with its projection; never a hub download."""
+    from pathlib import Path
+
+    from transformers import CLIPTextModelWithProjection
+    from transformers.utils import logging as hf_logging
+
+    if not (Path(path) / "config.json").is_file():
+        raise ModelError(f"model.text_encoder: no config.json in {path}: expected a local CLIP directory")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a full CLIP directory also holds the vision tower, unused here
+    try:
+        return CLIPTextModelWithProjection.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"model.text_encoder: cannot load CLIP's text tower from {path}: "
+                         f"{str(exc).splitlines()[0]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 TokenizerBuilder = Callable[[ModalitySpec, ModelConfig, EncoderBundle], nn.Module]
 TOKENIZERS: Registry[TokenizerBuilder] = Registry("modality kind")
 
@@ -175,6 +220,15 @@ def _text(spec: ModalitySpec, cfg: ModelConfig, bundle: EncoderBundle) -> nn.Mod
 def _sentence(spec: ModalitySpec, cfg: ModelConfig, bundle: EncoderBundle) -> nn.Module:
     num_sentences, _dim = spec.shape
     return SentenceTokenizer(num_sentences, bundle.width, _pre_norm(bundle))
+
+
+@TOKENIZERS.register("clip-text")
+def _clip_text(spec: ModalitySpec, cfg: ModelConfig, bundle: EncoderBundle) -> nn.Module:
+    if cfg.text_encoder is None:
+        raise ConfigError("model.text_encoder: a clip-text modality needs the path of a local CLIP directory")
+    num_sentences, _length = spec.shape
+    return ClipTextTokenizer(load_clip_text(cfg.text_encoder),
+                             SentenceTokenizer(num_sentences, bundle.width, _pre_norm(bundle)))
 
 
 def build_tokenizer(spec: ModalitySpec, cfg: ModelConfig, bundle: EncoderBundle) -> nn.Module:
