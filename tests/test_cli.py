@@ -220,3 +220,16 @@ def test_cost_rejects_unknown_presets_and_tasks_with_one_line(tmp_path: Path, ar
     proc = _mpsl("cost", *args, cwd=tmp_path)
 
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and names in proc.stderr
+
+
+def test_partition_report_prints_client_histograms_and_saves_a_heatmap(tmp_path: Path) -> None:
+    config = tmp_path / "p.yaml"
+    config.write_text("partition: {kind: dirichlet, alpha: 0.3, min_size: 2}\n")
+
+    proc = _mpsl("data", "partition-report", str(config), *TINY, "--heatmap", "h.png", cwd=tmp_path)
+
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert [int(r[0]) for r in rows] == [0, 1, 2]  # TINY: 3 clients
+    assert sum(int(r[1]) for r in rows) == 96 and all(int(r[1]) == sum(map(int, r[2:])) for r in rows)
+    assert (tmp_path / "h.png").stat().st_size > 5_000

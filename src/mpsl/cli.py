@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     prepare = data_sub.add_parser("prepare", help="build a dataset's cache (re-used when present)")
     prepare.add_argument("name")
     prepare.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.cache_dir=/tmp/mpsl")
+    spread = data_sub.add_parser("partition-report", help="per-client sizes and label histograms of a config's "
+                                                          "partition, before training")
+    spread.add_argument("config", help="YAML config file")
+    spread.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. partition.kind=dirichlet")
+    spread.add_argument("--heatmap", metavar="PNG", help="also save a clients x classes heatmap")
+    spread.add_argument("-i", "--import", dest="imports", action="append", default=[], metavar="MODULE")
 
     report = sub.add_parser("report", help="redo compare.md, compare.csv and the plots of a run folder from its "
                                            "saved results, without training")
@@ -107,12 +113,26 @@ def _run(args: argparse.Namespace) -> None:
     run_experiment(cfg, reuse=args.command != "run" and not args.force)
 
 
-def _prepare(args: argparse.Namespace) -> None:
+def _data(args: argparse.Namespace) -> None:
     from mpsl.config import load_config
-    from mpsl.data import prepare_dataset
 
-    cfg = load_config(None, [f"data.name={args.name}", *args.overrides])
-    print(f"{args.name} ready in {prepare_dataset(cfg.data)}")
+    if args.data_command == "prepare":
+        from mpsl.data import prepare_dataset
+
+        cfg = load_config(None, [f"data.name={args.name}", *args.overrides])
+        print(f"{args.name} ready in {prepare_dataset(cfg.data)}")
+        return
+    from pathlib import Path
+
+    from mpsl.experiment.partition_report import client_histograms, heatmap, report_text
+
+    _import_plugins(args.imports)
+    cfg = load_config(args.config, args.overrides)
+    counts, _ = client_histograms(cfg)
+    print(report_text(counts, cfg))
+    if args.heatmap:
+        title = f"{cfg.data.name}: {cfg.partition.kind} partition over {cfg.num_clients} clients"
+        print(f"wrote {heatmap(counts, Path(args.heatmap), title)}")
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -209,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
-    commands = {"run": _run, "compare": _run, "demo": _run, "data": _prepare, "report": _report, "eval": _eval,
+    commands = {"run": _run, "compare": _run, "demo": _run, "data": _data, "report": _report, "eval": _eval,
                 "server": _server, "client": _client, "status": _status, "cost": _cost, "list": _list}
     try:
         commands[args.command](args)

@@ -29,8 +29,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class PartitionConfig:
-    kind: Literal["iid", "dirichlet"] = "dirichlet"
-    alpha: float = 0.5  # Dirichlet concentration: small = strong label skew
+    kind: Literal["iid", "shards", "dirichlet", "quantity"] = "dirichlet"
+    alpha: float = 0.5  # Dirichlet concentration (dirichlet: of labels, quantity: of sizes); small = strong skew
     min_size: int = 10  # resample until every client holds at least this many samples
 
 

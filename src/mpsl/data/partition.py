@@ -1,4 +1,10 @@
-"""Split a training set across clients: IID or Dirichlet label skew, reproducible from a seed."""
+"""Split a training set across clients, reproducibly from a seed.
+
+    iid        random near-equal shards, label mix as the whole set
+    shards     random shards of exactly n // N samples (retrieval: equal contrastive batches)
+    dirichlet  label skew: per class, client shares ~ Dir(alpha)
+    quantity   quantity skew: client sizes ~ Dir(alpha), label mix as the whole set
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,30 @@ PARTITIONS: Registry[Partitioner] = Registry("partition")
 def iid(labels: np.ndarray, num_clients: int, cfg: PartitionConfig, rng: np.random.Generator) -> list[np.ndarray]:
     """A random permutation cut into near-equal shards."""
     return [np.sort(part) for part in np.array_split(rng.permutation(len(labels)), num_clients)]
+
+
+@PARTITIONS.register("shards")
+def shards(labels: np.ndarray, num_clients: int, cfg: PartitionConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """Exactly n // N random samples per client; the n mod N left over are not used."""
+    size = len(labels) // num_clients
+    order = rng.permutation(len(labels))
+    return [np.sort(order[k * size:(k + 1) * size]) for k in range(num_clients)]
+
+
+@PARTITIONS.register("quantity")
+def quantity(labels: np.ndarray, num_clients: int, cfg: PartitionConfig,
+             rng: np.random.Generator, max_tries: int = 1000) -> list[np.ndarray]:
+    """Client sizes from Dir(alpha) (small alpha: a few large clients), redrawn until all hold min_size."""
+    n = len(labels)
+    for _ in range(max_tries):
+        cuts = (np.cumsum(rng.dirichlet(np.full(num_clients, cfg.alpha)))[:-1] * n).astype(int)
+        parts = np.split(rng.permutation(n), cuts)
+        if min(len(p) for p in parts) >= cfg.min_size:
+            return [np.sort(p) for p in parts]
+    raise ConfigError(
+        f"partition: no quantity-skew draw (alpha={cfg.alpha}) gave all {num_clients} clients "
+        f"{cfg.min_size}+ samples in {max_tries} tries; raise partition.alpha or lower partition.min_size"
+    )
 
 
 @PARTITIONS.register("dirichlet")

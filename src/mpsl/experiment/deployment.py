@@ -114,7 +114,7 @@ class Trainer:
     def _handles(self) -> list[RemoteHandle]:
         return [RemoteHandle(c, self.loop) for c in self.hub.connected()]
 
-    def _progress(self, state: str) -> None:
+    def progress(self, state: str) -> None:
         self.hub.progress = {"state": state, "epoch": self.epoch + 1, "epochs": self.cfg.train.epochs,
                              "step": self.step, "min_participants": self.cfg.deploy.min_participants}
 
@@ -134,7 +134,7 @@ class Trainer:
                 log.info(f"event=epoch_end epoch={self.epoch + 1} step={self.step}")
                 self.epoch += 1
                 self._checkpoint(fan_out)
-        self._progress("finished")
+        self.progress("finished")
         save_model(self.server.model, str(self.out_dir / "server.safetensors"))
         for h in self._handles():
             h.finish()
@@ -150,11 +150,11 @@ class Trainer:
                     log.info(f"event=waiting connected={len(handles)} min_participants="
                              f"{self.cfg.deploy.min_participants}")
                     waiting = True
-                self._progress("waiting")
+                self.progress("waiting")
                 time.sleep(0.2)
                 continue
             waiting = False
-            self._progress("training")
+            self.progress("training")
             for h in handles:
                 if h.conn.epoch != self.epoch:
                     try:
@@ -232,7 +232,7 @@ class ServerRuntime:
 
     async def start(self) -> None:
         self.trainer = Trainer(self.cfg, self.server, self.hub, asyncio.get_running_loop(), self.out_dir, self.state)
-        self.trainer._progress("waiting")
+        self.trainer.progress("waiting")
         service = SplitLearningService(self.hub, self.tokens, self.cfg.num_clients, Codec(self.cfg.deploy.wire_dtype),
                                        self.expected, self.limits, self.trainer.welcome,
                                        lambda line: log.info(f"event={line}"))

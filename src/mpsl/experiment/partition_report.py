@@ -1,0 +1,56 @@
+"""`mpsl data partition-report`: how a config spreads the training set over clients, before training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mpsl.config import Config
+from mpsl.data import load_dataset, partition
+
+FULL_HISTOGRAM_UP_TO = 20  # classes; beyond that a row says how many classes a client has and its largest share
+
+
+def client_histograms(cfg: Config) -> tuple[np.ndarray, list[int]]:
+    """[clients, classes] label counts of the configured partition, and the class ids."""
+    dataset = load_dataset(cfg.data)
+    labels = dataset.train.labels.numpy()
+    parts = partition(labels, cfg.num_clients, cfg.partition, cfg.seed)
+    classes = dataset.spec.num_classes
+    return np.stack([np.bincount(labels[p], minlength=classes) for p in parts]), list(range(classes))
+
+
+def report_text(counts: np.ndarray, cfg: Config) -> str:
+    sizes = counts.sum(axis=1)
+    lines = [f"{cfg.data.name}: {int(sizes.sum())} training samples over {len(sizes)} clients, "
+             f"partition {cfg.partition.kind}" + (f" (alpha {cfg.partition.alpha:g})"
+                                                  if cfg.partition.kind in ("dirichlet", "quantity") else ""),
+             f"sizes: min {sizes.min()}, median {int(np.median(sizes))}, max {sizes.max()}"]
+    if counts.shape[1] <= FULL_HISTOGRAM_UP_TO:
+        lines.append("client  samples  " + " ".join(f"{c:>5}" for c in range(counts.shape[1])))
+        lines += [f"{k:>6}  {sizes[k]:>7}  " + " ".join(f"{v:>5}" for v in row) for k, row in enumerate(counts)]
+    else:
+        lines.append("client  samples  classes  largest class share")
+        lines += [f"{k:>6}  {sizes[k]:>7}  {np.count_nonzero(row):>7}  {row.max() / max(sizes[k], 1):>18.1%}"
+                  for k, row in enumerate(counts)]
+    return "\n".join(lines)
+
+
+def heatmap(counts: np.ndarray, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(min(12, 2 + 0.35 * counts.shape[1]), min(10, 1.5 + 0.3 * counts.shape[0])),
+                           dpi=120)
+    image = ax.imshow(counts, aspect="auto", cmap="viridis")
+    ax.set_xlabel("class")
+    ax.set_ylabel("client")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="samples")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
