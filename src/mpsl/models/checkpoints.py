@@ -82,10 +82,6 @@ class _Keys:
             raise ModelError(f"{self.source}: {len(left)} keys do not fit this layout, e.g. {left[:5]}")
 
 
-def _fuse(*parts: torch.Tensor | None) -> torch.Tensor | None:
-    return None if any(p is None for p in parts) else torch.cat(parts, dim=0)  # type: ignore[arg-type]
-
-
 def _blocks(keys: _Keys, depth: int, name: Callable[[int, str], list[str]]) -> Tensors:
     """Our block layout; `name(i, part)` lists the source keys (several are concatenated, e.g. q, k, v)."""
     out: Tensors = {}

@@ -65,10 +65,6 @@ class PatchTokenizer(nn.Module):
         tokens = torch.cat([cls, patches], dim=1) + self.pos  # [b, 1 + N, D]
         return self.norm(tokens)
 
-    @property
-    def grid(self) -> tuple[int, int]:
-        return self._grid
-
     @torch.no_grad()
     def load_embedding(self, embed: PatchEmbedding) -> None:
         """Start from a checkpoint's patch embedding: conv (summed over RGB for 1-channel inputs), CLS, and

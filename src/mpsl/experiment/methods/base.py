@@ -6,7 +6,6 @@ A method owns how training is spread over parties and what crosses the network; 
 
 from __future__ import annotations
 
-import copy
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from tqdm import tqdm
 
 from mpsl.config import Config
 from mpsl.data import Dataset, SplitData, partition
-from mpsl.models import ClientModel, ServerModel, WholeModel, build_split_model
+from mpsl.models import ClientModel, WholeModel, build_split_model
 from mpsl.registry import Registry
 from mpsl.runtime import Traffic
 from mpsl.tasks import TASKS, Task
@@ -144,6 +143,3 @@ def whole_model_adam(model: WholeModel, cfg: Config) -> torch.optim.Optimizer | 
     return adam([(model.client.parameters(), cfg.train.client_lr), (model.server.parameters(), cfg.train.server_lr)],
                 cfg.train.weight_decay)
 
-
-def copy_whole(client: ClientModel, server: ServerModel) -> WholeModel:
-    return WholeModel(copy.deepcopy(client), copy.deepcopy(server))
