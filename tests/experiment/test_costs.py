@@ -11,13 +11,10 @@ from mpsl.experiment.averaging import trainable_state
 from mpsl.experiment.costs import COST_TASKS, task_cost
 from mpsl.experiment.methods.federated import FedAvg
 from mpsl.experiment.methods.split_learning import Mpsl
-from mpsl.experiment.scaling import arch_traffic, scaling_table
-from mpsl.models import PRESETS, ArchPreset, WholeModel, build_split_model
+from mpsl.experiment.scaling import model_traffic, scaling_table
+from mpsl.models import PRESETS, WholeModel, build_split_model
 from mpsl.tasks import ClassificationTask
 from tests.helpers import tiny_config
-
-# the tiny config's encoder as a preset, half its blocks trainable as arch_traffic assumes
-TINY_ARCH = ArchPreset(width=32, depth=2, heads=2, patch=4)
 
 
 def test_analytic_traffic_equals_what_mpsl_and_fedavg_put_on_the_wire() -> None:
@@ -29,7 +26,7 @@ def test_analytic_traffic_equals_what_mpsl_and_fedavg_put_on_the_wire() -> None:
     # Execute
     split.train_round(0, progress=False)
     fl.train_round(0, progress=False)
-    computed = arch_traffic(cfg, data.spec, TINY_ARCH, samples_per_client=len(data.train) / cfg.num_clients)
+    computed = model_traffic(cfg, data.spec, samples_per_client=len(data.train) / cfg.num_clients)
 
     # Assert
     mpsl_payload = sum(t.payload_up + t.payload_down for t in split.traffic()) / cfg.num_clients

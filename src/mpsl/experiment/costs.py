@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mpsl.config import Config, load_config
 from mpsl.data import DatasetSpec, ModalitySpec
-from mpsl.models import PRESETS, build_split_model
+from mpsl.models import PRESETS, build_split_model, example_inputs, random_encoder_overrides
 from mpsl.protocol.serde import DTYPES
 from mpsl.registry import Registry
 
@@ -62,14 +62,10 @@ for _name, _task in {
 
 
 def _config(preset: str, task: CostTask) -> Config:
-    arch = PRESETS.get(preset)
-    return load_config(None, [
-        "model.encoder.source=random", f"model.encoder.width={arch.width}", f"model.encoder.depth={arch.depth}",
-        f"model.encoder.heads={arch.heads}", f"model.encoder.mlp_ratio={arch.mlp_ratio}",
-        f"model.encoder.trainable_blocks={arch.depth // 2}",  # the paper trains the last half
-        f"model.image.patch=[{arch.patch},{arch.patch}]", "model.audio.patch=[16,16]", "model.audio.stride=[10,10]",
-        f"model.fusion={task.fusion}",
-    ])
+    patch = PRESETS.get(preset).patch
+    return load_config(None, [f"model.image.patch=[{patch},{patch}]", "model.audio.patch=[16,16]",
+                              "model.audio.stride=[10,10]", f"model.fusion={task.fusion}"]
+                       ).replace(**random_encoder_overrides(preset))
 
 
 def _counted(fn: Any) -> tuple[Any, float, float]:
@@ -93,7 +89,7 @@ def task_cost(preset: str, task_name: str, wire_dtype: str = "float16") -> dict[
         client, server = build_split_model(cfg.model, spec, cfg.seed)
         if task.num_classes is None:
             client.head = nn.Identity()  # retrieval: the client's loss reads the embeddings directly
-        inputs = {m: torch.zeros(1, *s.shape) for m, s in task.modalities.items()}  # one sample
+        inputs = example_inputs(spec)  # one sample of each modality
         tokens, c_fwd, c_fwd_na = _counted(lambda: client.embed(inputs))  # m -> [1, T_m, D]
         features, s_fwd, s_fwd_na = _counted(lambda: server(tokens))  # [1, M, D]
         _, h_fwd, h_fwd_na = _counted(lambda: client.head(features))

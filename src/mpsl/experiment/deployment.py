@@ -29,7 +29,7 @@ from mpsl.data import DatasetSpec, load_dataset
 from mpsl.errors import ClientUnavailable, MpslError
 from mpsl.experiment.methods.base import client_shards
 from mpsl.experiment.methods.split_learning import split_client, split_server
-from mpsl.models import ClientModel, build_split_model
+from mpsl.models import ClientModel, build_split_model, example_inputs
 from mpsl.protocol import Codec, SplitClient, SplitServer, mpsl_step
 from mpsl.runtime.network import mpsl_pb2 as pb
 from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
@@ -71,10 +71,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 def expected_shapes(client: ClientModel, spec: DatasetSpec, max_batch: int) -> Expected:
     """Token counts per modality from one meta-device pass of the client template (no compute, no memory)."""
-    meta = copy.deepcopy(client).to("meta")
-    inputs = {m: torch.zeros(1, *s.shape, dtype=torch.long if s.kind == "text" else torch.float32, device="meta")
-              for m, s in spec.modalities.items()}  # one sample: [1, *shape]
-    tokens = meta.embed(inputs)  # m -> [1, T_m, D]
+    tokens = copy.deepcopy(client).to("meta").embed(example_inputs(spec))  # m -> [1, T_m, D]
     width = next(iter(tokens.values())).shape[2]
     return Expected({m: t.shape[1] for m, t in tokens.items()}, width, max_batch)
 

@@ -16,27 +16,16 @@ import torch
 
 from mpsl.config import Config
 from mpsl.data import DatasetSpec
-from mpsl.models import PRESETS, ArchPreset, WholeModel, build_split_model
+from mpsl.models import PRESETS, WholeModel, build_split_model, example_inputs, random_encoder_overrides
 
 FP32 = 4
 
 
-def _meta_input(kind_shape: tuple[int, ...], is_text: bool) -> torch.Tensor:
-    dtype = torch.long if is_text else torch.float32
-    return torch.zeros(1, *kind_shape, dtype=dtype, device="meta")  # one sample: [1, *shape]
-
-
-def arch_traffic(cfg: Config, spec: DatasetSpec, arch: ArchPreset, samples_per_client: float) -> dict[str, Any]:
-    """Per-client payload bytes of one epoch (MPSL) and one round (FedAvg) with the encoder swapped for `arch`."""
-    swapped = cfg.replace(**{
-        "model.encoder.source": "random", "model.encoder.width": arch.width, "model.encoder.depth": arch.depth,
-        "model.encoder.heads": arch.heads, "model.encoder.mlp_ratio": arch.mlp_ratio,
-        "model.encoder.trainable_blocks": arch.depth // 2,  # the paper's policy: the last half trains
-    })
+def model_traffic(cfg: Config, spec: DatasetSpec, samples_per_client: float) -> dict[str, Any]:
+    """Per-client payload bytes of one epoch (MPSL) and one round (FedAvg) of the model `cfg` builds."""
     with torch.device("meta"):
-        client, server = build_split_model(swapped.model, spec, swapped.seed)
-        inputs = {m: _meta_input(s.shape, s.kind == "text") for m, s in spec.modalities.items()}
-        tokens = client.embed(inputs)  # m -> [1, T_m, D]
+        client, server = build_split_model(cfg.model, spec, cfg.seed)
+        tokens = client.embed(example_inputs(spec))  # m -> [1, T_m, D]
         features = server(tokens)  # [1, M, D] or [1, C]
     cut_numel = sum(t.numel() for t in tokens.values()) + features.numel()  # per sample, one direction
     whole = WholeModel(client, server)
@@ -50,6 +39,7 @@ def arch_traffic(cfg: Config, spec: DatasetSpec, arch: ArchPreset, samples_per_c
 
 
 def scaling_table(cfg: Config, spec: DatasetSpec, samples_per_client: float) -> list[dict[str, Any]]:
-    """arch_traffic for every backbone preset, smallest first."""
-    table = [{"preset": name, **arch_traffic(cfg, spec, PRESETS.get(name), samples_per_client)} for name in PRESETS]
+    """model_traffic with the encoder swapped for every backbone preset, smallest first."""
+    table = [{"preset": name, **model_traffic(cfg.replace(**random_encoder_overrides(name)), spec, samples_per_client)}
+             for name in PRESETS]
     return sorted(table, key=lambda row: row["encoder_parameters"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from mpsl.registry import Registry
 
@@ -25,3 +26,12 @@ for _name, _preset in {
     "vit-h14": ArchPreset(1280, 32, 16, 14),
 }.items():
     PRESETS.register(_name)(_preset)
+
+
+def random_encoder_overrides(name: str) -> dict[str, Any]:
+    """Config overrides for a random-init encoder of preset `name`, the last half of its blocks trainable
+    (the paper's policy): what cost and scaling studies build, on the meta device."""
+    p = PRESETS.get(name)
+    return {"model.encoder.source": "random", "model.encoder.width": p.width, "model.encoder.depth": p.depth,
+            "model.encoder.heads": p.heads, "model.encoder.mlp_ratio": p.mlp_ratio,
+            "model.encoder.trainable_blocks": p.depth // 2}

@@ -65,6 +65,15 @@ class WholeModel(nn.Module):
         return self.client.head(self.server(self.client.embed(inputs)))  # [b, C]
 
 
+ID_KINDS = frozenset({"text", "clip-text"})  # tokenizer kinds whose inputs are token ids, not floats
+
+
+def example_inputs(spec: DatasetSpec, batch: int = 1, device: str = "meta") -> dict[str, torch.Tensor]:
+    """Zero inputs of every modality, m -> [batch, *shape]: on the meta device, for shapes without compute."""
+    return {m: torch.zeros(batch, *s.shape, dtype=torch.long if s.kind in ID_KINDS else torch.float32, device=device)
+            for m, s in spec.modalities.items()}
+
+
 def build_split_model(cfg: ModelConfig, spec: DatasetSpec, seed: int) -> tuple[ClientModel, ServerModel]:
     """One client template and the server; every client starts as a copy of the template."""
     torch.manual_seed(seed)
