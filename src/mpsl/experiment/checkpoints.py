@@ -6,8 +6,10 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
+from torch import nn
 
 from mpsl.errors import MpslError
+from mpsl.experiment.files import write_atomically
 from mpsl.models import WholeModel
 
 FILES = {"client": "client.safetensors", "server": "server.safetensors"}
@@ -15,14 +17,11 @@ FILES = {"client": "client.safetensors", "server": "server.safetensors"}
 
 def save_checkpoint(model: WholeModel, out_dir: Path) -> list[Path]:
     """client.safetensors (tokenizers + head) and server.safetensors (encoder side), each written then renamed."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for part, name in FILES.items():
-        tmp = out_dir / f"{name}.tmp"
-        save_model(getattr(model, part), str(tmp))
-        tmp.replace(out_dir / name)
-        written.append(out_dir / name)
-    return written
+    return [save_module(getattr(model, part), out_dir / name) for part, name in FILES.items()]
+
+
+def save_module(module: nn.Module, path: Path) -> Path:
+    return write_atomically(path, lambda tmp: save_model(module, str(tmp)))
 
 
 def load_checkpoint(model: WholeModel, run_dir: Path) -> None:

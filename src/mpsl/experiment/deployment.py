@@ -22,11 +22,12 @@ from typing import Any
 
 import grpc
 import torch
-from safetensors.torch import save_model
 
 from mpsl.config import Config, client_batch_size, client_batch_sizes
 from mpsl.data import DatasetSpec, load_dataset
 from mpsl.errors import ClientUnavailable, MpslError
+from mpsl.experiment.checkpoints import save_module
+from mpsl.experiment.files import write_atomically
 from mpsl.experiment.methods.base import client_shards
 from mpsl.experiment.methods.split_learning import split_client, split_server
 from mpsl.models import ClientModel, build_split_model, example_inputs
@@ -56,10 +57,7 @@ def _log_to_stderr() -> None:
 
 
 def _write_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -132,7 +130,7 @@ class Trainer:
                 self.epoch += 1
                 self._checkpoint(fan_out)
         self.progress("finished")
-        save_model(self.server.model, str(self.out_dir / "server.safetensors"))
+        save_module(self.server.model, self.out_dir / "server.safetensors")
         for h in self._handles():
             h.finish()
         log.info(f"event=finished step={self.step} samples={self.samples} step_seconds={self.busy:.3f} "
@@ -358,7 +356,7 @@ class DeviceClient:
         return int(state["step"])
 
     def finish(self) -> None:
-        save_model(self.client.model, str(self.out_dir / "client.safetensors"))
+        save_module(self.client.model, self.out_dir / "client.safetensors")
 
 
 async def run_client(cfg: Config, target: str, client_id: int, resume: bool, token_file: str | None,

@@ -18,6 +18,7 @@ from mpsl.errors import ConfigError, MpslError
 from mpsl.experiment.accounting import client_memory, trainable_parameters, training_flops
 from mpsl.experiment.checkpoints import save_checkpoint
 from mpsl.experiment.evaluate import accuracy, modality_ablations
+from mpsl.experiment.files import write_atomically
 from mpsl.experiment.methods import METHODS, Method
 from mpsl.experiment.provenance import versions
 from mpsl.models import WholeModel
@@ -133,11 +134,7 @@ def run_method(cfg: Config, dataset: Dataset, name: str, out_dir: Path) -> dict[
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write then rename, so an interrupted run never leaves a half-written file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2)))
 
 
 def read_json(path: Path) -> Any:
