@@ -53,7 +53,7 @@ class _Session:
         pieces = chunks(frame, self.limits.chunk_bytes)
         return [pb.ClientMessage(frame=pb.Chunk(data=d, last=last)) for d, last in pieces]
 
-    async def answer(self, message: pb.ServerMessage, assembler: Reassembler) -> list[pb.ClientMessage] | None:
+    def answer(self, message: pb.ServerMessage, assembler: Reassembler) -> list[pb.ClientMessage] | None:
         """The replies to one server message; None once training is finished."""
         c = self.client
         kind = message.WhichOneof("kind")
@@ -111,7 +111,7 @@ async def run_edge_client(client: EdgeClient, target: str, token: str | None,
             assembler = Reassembler(limits.max_frame_bytes)
             while (message := await call.read()) is not grpc.aio.EOF:
                 last_contact, delay = time.monotonic(), 0.5
-                replies = await session.answer(message, assembler)
+                replies = session.answer(message, assembler)
                 if replies is None:
                     await call.done_writing()
                     log("training finished")
