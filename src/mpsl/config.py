@@ -21,10 +21,21 @@ from mpsl.errors import ConfigError
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "avdigits"
+    root: str | None = None  # the folder holding a dataset in its official layout (the paper's datasets)
     cache_dir: str | None = None  # None: ~/.cache/mpsl
-    train_size: int = 4000
-    test_size: int = 1000
-    seed: int = 0  # seeds the dataset's construction, not training
+    # samples per split: avdigits builds this many (None: 4000 / 1000); file datasets keep a seeded random
+    # subset of this size (None: all of them)
+    train_size: int | None = None
+    test_size: int | None = None
+    seed: int = 0  # seeds the dataset's construction (or subset), not training
+    image_size: int = 224  # file datasets: images and video frames are resized and centre-cropped to this
+    audio_frames: int | None = None  # fbank frames (10 ms) per audio clip; None: the dataset's default
+    # text modalities: text (WordPiece ids for the encoder's own words), clip-text (CLIP ids for the client's
+    # frozen CLIP text tower), sentence (a frozen sentence encoder's vectors); null: text for one sentence
+    # per sample, sentence for several (retrieval's five captions)
+    text: Literal["text", "clip-text", "sentence"] | None = None
+    text_tokenizer: str | None = None  # local Hugging Face folder (clip-text: a CLIP); None: the packaged MiniLM
+    text_length: int = 32  # tokens per sentence (truncated / padded)
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,10 @@ class PartitionConfig:
     kind: Literal["iid", "shards", "dirichlet", "quantity"] = "dirichlet"
     alpha: float = 0.5  # Dirichlet concentration (dirichlet: of labels, quantity: of sizes); small = strong skew
     min_size: int = 10  # resample until every client holds at least this many samples
+    # missing modalities: this fraction of the clients holds only one modality (`missing_keep`, or one
+    # drawn per client when null); the server runs them on the tokens they have
+    missing_fraction: float = 0.0
+    missing_keep: str | None = None
 
 
 @dataclass(frozen=True)
@@ -316,12 +331,18 @@ def validate(cfg: Config) -> None:
     _require("/" not in cfg.name and cfg.name not in (".", ".."), "name", "must be a plain folder name")
     _require(len(cfg.methods) >= 1, "methods", "list at least one method")
     _require(len(set(cfg.methods)) == len(cfg.methods), "methods", "lists a method twice")
-    _require(cfg.data.train_size >= 1, "data.train_size", "must be at least 1")
-    _require(cfg.data.test_size >= 1, "data.test_size", "must be at least 1")
+    for key in ("train_size", "test_size"):
+        size = getattr(cfg.data, key)
+        _require(size is None or size >= 1, f"data.{key}", "must be at least 1 (or null)")
+    _require(cfg.data.image_size >= 1, "data.image_size", "must be at least 1")
+    _require(cfg.data.audio_frames is None or cfg.data.audio_frames >= 16, "data.audio_frames",
+             "must be at least 16 (one patch)")
+    _require(cfg.data.text_length >= 2, "data.text_length", "must be at least 2")
+    _require(0.0 <= cfg.partition.missing_fraction <= 1.0, "partition.missing_fraction", "must be in [0, 1]")
     _require(cfg.partition.alpha > 0, "partition.alpha", f"must be positive, got {cfg.partition.alpha}")
     _require(cfg.partition.min_size >= 1, "partition.min_size", "must be at least 1")
     _require(
-        cfg.num_clients * cfg.partition.min_size <= cfg.data.train_size,
+        cfg.data.train_size is None or cfg.num_clients * cfg.partition.min_size <= cfg.data.train_size,
         "num_clients",
         f"{cfg.num_clients} clients x partition.min_size {cfg.partition.min_size} needs more than "
         f"data.train_size={cfg.data.train_size} samples",

@@ -6,3 +6,5 @@ from mpsl.data.spec import Dataset, DatasetSpec, ModalitySpec, SplitData
 
 __all__ = ["DATASETS", "PARTITIONS", "Dataset", "DatasetSpec", "ModalitySpec", "SplitData",
            "load_dataset", "partition", "prepare_dataset"]
+
+import mpsl.data.datasets  # noqa: F401  (registers the file datasets)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from mpsl.config import DataConfig
+from mpsl.data.catalog import FileDataset, build_cache, load_files
 from mpsl.data.spec import Dataset, DatasetSpec, ModalitySpec, SplitData
 from mpsl.errors import DataError
 from mpsl.registry import Registry
@@ -23,10 +24,22 @@ class DatasetSource:
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")
+FILE_DATASETS: dict[str, FileDataset] = {}  # the DATASETS entries read from files (tests write a fixture for each)
 
 
 def cache_root(cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else Path.home() / ".cache" / "mpsl"
+
+
+def register_files(ds: FileDataset) -> FileDataset:
+    """Register a dataset read from files: `mpsl data cache` builds its memory-mapped cache, runs load it."""
+    FILE_DATASETS[ds.name] = ds
+    DATASETS.register(ds.name)(DatasetSource(
+        lambda cfg, progress: build_cache(ds, cfg, cache_root(cfg), progress),
+        lambda cfg: load_files(ds, cfg, cache_root(cfg)),
+        ds.summary,
+    ))
+    return ds
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
@@ -41,12 +54,15 @@ def prepare_dataset(cfg: DataConfig, progress: bool = True) -> Path:
 # avdigits: MNIST digits + synthesized spoken digits, both degraded (the embedded default)
 
 
+AVDIGITS_SIZES = (4000, 1000)  # train, test when data.train_size / test_size are null
+
+
 def _avdigits_prepare(cfg: DataConfig, progress: bool) -> Path:
     from mpsl.data import avdigits
 
     try:
-        return avdigits.prepare(cache_root(cfg), seed=cfg.seed, train_size=cfg.train_size,
-                                test_size=cfg.test_size, progress=progress)
+        return avdigits.prepare(cache_root(cfg), seed=cfg.seed, train_size=cfg.train_size or AVDIGITS_SIZES[0],
+                                test_size=cfg.test_size or AVDIGITS_SIZES[1], progress=progress)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise DataError(f"avdigits: {exc}") from None
 
@@ -88,6 +104,7 @@ DATASETS.register("avdigits")(DatasetSource(
 SYNTHETIC_IMAGE = (1, 8, 8)
 SYNTHETIC_AUDIO = (1, 8, 12)
 SYNTHETIC_CLASSES = 4
+SYNTHETIC_SIZES = (256, 128)
 
 
 def _synthetic_split(n: int, gen: torch.Generator, prototypes: dict[str, torch.Tensor]) -> SplitData:
@@ -101,8 +118,8 @@ def _synthetic_load(cfg: DataConfig) -> Dataset:
     shapes = {"image": SYNTHETIC_IMAGE, "audio": SYNTHETIC_AUDIO}
     prototypes = {m: torch.randn((SYNTHETIC_CLASSES, *s), generator=gen) for m, s in shapes.items()}
     spec = DatasetSpec("synthetic-av", {m: ModalitySpec(m, s) for m, s in shapes.items()}, SYNTHETIC_CLASSES)
-    return Dataset(spec, _synthetic_split(cfg.train_size, gen, prototypes),
-                   _synthetic_split(cfg.test_size, gen, prototypes))
+    return Dataset(spec, _synthetic_split(cfg.train_size or SYNTHETIC_SIZES[0], gen, prototypes),
+                   _synthetic_split(cfg.test_size or SYNTHETIC_SIZES[1], gen, prototypes))
 
 
 DATASETS.register("synthetic-av")(DatasetSource(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,29 +22,62 @@ class DatasetSpec:
     task: str = "classification"  # a key of mpsl.tasks.TASKS
 
 
-@dataclass
+Reader = Callable[[torch.Tensor], torch.Tensor]  # stored rows -> model inputs (e.g. uint8 -> normalized float)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 class SplitData:
-    """One split held in memory: modality -> [N, *shape] inputs and [N] labels."""
+    """One split: modality -> stored [N, *shape] arrays (in memory or memory-mapped) and [N] labels.
 
-    inputs: dict[str, torch.Tensor]
-    labels: torch.Tensor
+    `subset` only composes row indices, so client partitions of a memory-mapped dataset cost no
+    memory; `inputs` reads the rows of a (small) view and turns them into model inputs.
+    """
 
-    def __post_init__(self) -> None:
-        sizes = {m: len(x) for m, x in self.inputs.items()}
-        if any(n != len(self.labels) for n in sizes.values()):
-            raise ValueError(f"inputs and labels disagree in length: {sizes}, labels {len(self.labels)}")
+    def __init__(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, rows: torch.Tensor | None = None,
+                 readers: dict[str, Reader] | None = None) -> None:
+        self._arrays = dict(inputs)
+        self.labels = labels
+        self._rows = rows
+        self._readers = {m: (readers or {}).get(m, _identity) for m in self._arrays}
+        n = len(labels) if rows is None else len(rows)
+        sizes = {m: len(x) for m, x in self._arrays.items()}
+        if rows is None and any(size != n for size in sizes.values()):
+            raise ValueError(f"inputs and labels disagree in length: {sizes}, labels {len(labels)}")
+        if len(labels) != n:
+            raise ValueError(f"{len(labels)} labels for {n} rows")
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def modalities(self) -> list[str]:
+        return list(self._arrays)
+
+    @property
+    def inputs(self) -> dict[str, torch.Tensor]:
+        """modality -> [n, *shape] model inputs of the samples in this view (read now, so keep views small)."""
+        return {m: self._readers[m](x if self._rows is None else x[self._rows]) for m, x in self._arrays.items()}
+
     def subset(self, index: torch.Tensor) -> SplitData:
-        return SplitData({m: x[index] for m, x in self.inputs.items()}, self.labels[index])
+        rows = index if self._rows is None else self._rows[index]
+        return SplitData(self._arrays, self.labels[index], rows, self._readers)
+
+    def only(self, modalities: list[str]) -> SplitData:
+        """The same samples holding only some modalities (a client whose device lacks the others)."""
+        unknown = set(modalities) - set(self._arrays)
+        if unknown:
+            raise ValueError(f"no modality {sorted(unknown)} in {self.modalities}")
+        return SplitData({m: self._arrays[m] for m in modalities}, self.labels, self._rows,
+                         {m: self._readers[m] for m in modalities})
 
     def blank(self, modality: str) -> SplitData:
         """The same samples with one modality zeroed: inputs are standardized, so zero means no signal."""
-        inputs = dict(self.inputs)
-        inputs[modality] = torch.zeros_like(inputs[modality])
-        return SplitData(inputs, self.labels)
+        readers = dict(self._readers)
+        readers[modality] = lambda x, read=self._readers[modality]: torch.zeros_like(read(x))
+        return SplitData(self._arrays, self.labels, self._rows, readers)
 
 
 @dataclass
@@ -51,3 +85,4 @@ class Dataset:
     spec: DatasetSpec
     train: SplitData
     test: SplitData
+    classes: list[str] = field(default_factory=list)  # label names where the dataset has them

@@ -24,12 +24,12 @@ def accuracy(client: ClientModel, server: ServerModel, data: SplitData, task: Ta
 def modality_ablations(client: ClientModel, server: ServerModel, data: SplitData, task: Task,
                        batch_size: int) -> dict[str, float]:
     """Accuracy with only one modality kept (the others blanked): shows what fusion adds."""
-    if len(data.inputs) < 2:
+    if len(data.modalities) < 2:
         return {}
     result = {}
-    for keep in data.inputs:
+    for keep in data.modalities:
         blanked = data
-        for other in data.inputs:
+        for other in data.modalities:
             if other != keep:
                 blanked = blanked.blank(other)
         result[f"test_accuracy_{keep}_only"] = accuracy(client, server, blanked, task, batch_size)

@@ -131,7 +131,7 @@ def _random(cfg: EncoderConfig) -> EncoderBundle:
     from transformers import BertConfig, BertModel
 
     config = BertConfig(
-        vocab_size=1000,
+        vocab_size=30522,  # BERT's uncased WordPiece: the default text tokenizer's ids fit
         hidden_size=cfg.width,
         num_hidden_layers=cfg.depth,
         num_attention_heads=cfg.heads,

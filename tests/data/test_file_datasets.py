@@ -1,0 +1,120 @@
+"""Every file dataset loads a fixture written in its official layout, through memory and cache alike.
+
+Parametrized over the registry: registering a dataset without a fixture writer fails here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mpsl.config import DataConfig
+from mpsl.data import load_dataset, prepare_dataset
+from mpsl.data.sources import FILE_DATASETS
+from mpsl.errors import DataError
+from mpsl.experiment.methods.split_learning import Mpsl
+from tests.data.fixtures import FIXTURES
+from tests.helpers import tiny_config
+
+NAMES = sorted(FILE_DATASETS)
+SMALL = {"image_size": 32, "audio_frames": 48, "text_length": 8}
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory):
+    """name -> (root, Fixture): each fixture written once for this module."""
+    out = {}
+    for name in NAMES:
+        root = tmp_path_factory.mktemp(name)
+        out[name] = (root, FIXTURES[name](root))
+    return out
+
+
+def _cfg(name: str, root: Path, cache: Path) -> DataConfig:
+    return DataConfig(name=name, root=str(root), cache_dir=str(cache), **SMALL)
+
+
+def test_every_file_dataset_has_a_fixture() -> None:
+    assert set(FIXTURES) == set(FILE_DATASETS)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fixture_loads_with_spec_shapes_and_labels(name: str, written, tmp_path: Path) -> None:
+    # Prepare
+    root, fx = written[name]
+    # Execute
+    data = load_dataset(_cfg(name, root, tmp_path))
+    # Assert
+    assert (len(data.train), len(data.test)) == (fx.train, fx.test)
+    assert data.spec.num_classes == fx.num_classes
+    for split in (data.train, data.test):
+        batch = split.subset(torch.arange(min(4, len(split))))
+        assert set(batch.inputs) == set(data.spec.modalities)
+        for m, x in batch.inputs.items():
+            assert tuple(x.shape[1:]) == data.spec.modalities[m].shape, m
+            assert torch.isfinite(x.float()).all(), m
+        if data.spec.task == "classification":
+            assert int(split.labels.min()) >= 0 and int(split.labels.max()) < fx.num_classes
+        else:  # retrieval: every sample is its own pair
+            assert split.labels.tolist() == list(range(len(split)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cache_is_memory_mapped_and_equal_to_decoding(name: str, written, tmp_path: Path) -> None:
+    # Prepare
+    root, _ = written[name]
+    cfg = _cfg(name, root, tmp_path)
+    decoded = load_dataset(cfg)
+    # Execute
+    path = prepare_dataset(cfg, progress=False)
+    cached = load_dataset(cfg)
+    # Assert
+    assert (path / "meta.json").is_file()
+    assert any(isinstance(np.load(f, mmap_mode="r"), np.memmap) for f in path.glob("train_*.npy"))
+    for a, b in ((decoded.train, cached.train), (decoded.test, cached.test)):
+        torch.testing.assert_close(a.labels, b.labels)
+        for m in decoded.spec.modalities:
+            torch.testing.assert_close(a.inputs[m], b.inputs[m], msg=m)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_few_mpsl_steps_train_on_the_fixture(name: str, written, tmp_path: Path) -> None:
+    # Prepare
+    root, fx = written[name]
+    settings = [f"data.{k}={v}" for k, v in SMALL.items()]
+    cfg = tiny_config(f"data.name={name}", f"data.root={root}", f"data.cache_dir={tmp_path}", *settings,
+                      "model.image.patch=[16,16]", "model.audio.patch=[16,16]", "model.audio.stride=[10,10]",
+                      "num_clients=2", "train.batch_size=4", "partition.kind=iid", "partition.min_size=1")
+    method = Mpsl(cfg, load_dataset(cfg.data))
+    # Execute
+    stats = method.train_round(0, progress=False)
+    # Assert
+    assert stats.steps >= 2
+    assert stats.count == fx.train
+    assert np.isfinite(stats.loss)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_corrupted_file_is_named(name: str, tmp_path: Path) -> None:
+    # Prepare
+    root = tmp_path / "root"
+    fx = FIXTURES[name](root)
+    fx.corrupt.write_bytes(b"\x00not a media file\xff" * 8)
+    # Execute
+    with pytest.raises(DataError) as err:
+        load_dataset(_cfg(name, root, tmp_path / "cache"))
+    # Assert
+    assert str(fx.corrupt) in str(err.value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_missing_root_is_named(name: str, tmp_path: Path) -> None:
+    # Execute
+    with pytest.raises(DataError) as err:
+        load_dataset(replace(_cfg(name, tmp_path / "nowhere", tmp_path), root=str(tmp_path / "nowhere")))
+    # Assert
+    assert "nowhere" in str(err.value)
