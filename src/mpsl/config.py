@@ -84,11 +84,22 @@ class TokenizerConfig:
 
 
 @dataclass(frozen=True)
+class RetrievalSettings:
+    """Retrieval's similarity: paper = raw dot products; CLIP style = normalize, temperature 0.07, learned."""
+
+    normalize: bool = False  # L2-normalize image and caption embeddings
+    temperature: float = 1.0  # similarities are divided by it
+    learn_temperature: bool = False
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     image: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(patch=(16, 16)))  # ViT-B/16
     audio: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(patch=(16, 16), stride=(10, 10)))  # AST
-    fusion: Literal["early", "late"] = "early"
+    # early: one joint sequence; late: one pass per modality; dual (retrieval): the first modality and
+    # each sentence of the others embedded on their own. null: the dataset's own (paper's) choice
+    fusion: Literal["early", "late", "dual"] | None = None
     pooling: Literal["cls", "mean"] = "cls"  # one feature per modality: its CLS output, or its token mean
     head: Literal["client", "server"] = "client"  # client: labels never leave the client
     # FedCLIP-style attention adapter on the pooled features (Linear-Tanh-Linear-Softmax, multiplied
@@ -98,6 +109,7 @@ class ModelConfig:
     # Hugging Face CLIP directory whose text tower turns each sentence into one vector
     text_encoder: str | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # the server encoder under autocast (fp16: grad scaler)
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)  # retrieval datasets only
 
 
 @dataclass(frozen=True)
@@ -351,6 +363,7 @@ def validate(cfg: Config) -> None:
     _require(enc.trainable_blocks is None or enc.trainable_blocks >= 0, "model.encoder.trainable_blocks",
              "must be 0 or more")
     _require(0.0 <= enc.dropout < 1.0, "model.encoder.dropout", "must be in [0, 1)")
+    _require(cfg.model.retrieval.temperature > 0, "model.retrieval.temperature", "must be positive")
     _require(enc.lora.rank >= 1, "model.encoder.lora.rank", "must be at least 1")
     _require(enc.lora.alpha > 0, "model.encoder.lora.alpha", "must be positive")
     _require(0.0 <= enc.lora.dropout < 1.0, "model.encoder.lora.dropout", "must be in [0, 1)")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mpsl.data import load_dataset
-from mpsl.experiment.evaluate import accuracy, modality_ablations
+from mpsl.experiment.evaluate import headline, modality_ablations
 from mpsl.models import build_split_model
 from mpsl.tasks import ClassificationTask
 from tests.helpers import tiny_config
@@ -23,7 +23,7 @@ def test_accuracy_counts_every_sample_once_across_batches() -> None:
         full = client.head(server(client.embed(data.test.inputs))).argmax(dim=1)
     expected = (full == data.test.labels).float().mean().item()
 
-    got = accuracy(client, server, data.test, ClassificationTask(), batch_size=7)
+    got = headline(client, server, data.test, ClassificationTask(), batch_size=7)
 
     assert got == pytest.approx(expected)
 

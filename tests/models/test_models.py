@@ -115,7 +115,7 @@ def test_default_trains_half_the_blocks_and_too_many_is_a_config_error() -> None
         build_encoder(EncoderConfig(source="random", width=32, depth=4, heads=2, trainable_blocks=5))
 
 
-@pytest.mark.parametrize("fusion", FUSIONS.names())
+@pytest.mark.parametrize("fusion", ["early", "late"])
 @pytest.mark.parametrize("head", ["client", "server"])
 def test_fusions_and_head_placements(fusion: str, head: str) -> None:
     modalities = {"image": ModalitySpec("image", (3, 16, 16)), "audio": ModalitySpec("audio", (1, 16, 24))}
@@ -137,11 +137,35 @@ def test_late_fusion_keeps_modalities_apart_and_early_does_not() -> None:
     b_changed = b + 1.0
     cls = POOLINGS.get("cls")
 
-    early = FUSIONS.get("early")(bundle.encoder, [a, b], cls), FUSIONS.get("early")(bundle.encoder, [a, b_changed], cls)
-    late = FUSIONS.get("late")(bundle.encoder, [a, b], cls), FUSIONS.get("late")(bundle.encoder, [a, b_changed], cls)
+    def run(name: str, second: torch.Tensor) -> torch.Tensor:
+        features, rows = FUSIONS.get(name)(bundle.encoder, {"image": a, "audio": second}, cls, set())
+        assert rows == ["image", "audio"]
+        return features  # [2, 2, 32]
+
+    early = run("early", b), run("early", b_changed)
+    late = run("late", b), run("late", b_changed)
 
     assert not torch.allclose(early[0][:, 0], early[1][:, 0])  # image CLS attends to audio tokens
     torch.testing.assert_close(late[0][:, 0], late[1][:, 0])  # image CLS never sees audio
+
+
+@pytest.mark.parametrize("head", ["client", "server"])
+def test_dual_fusion_embeds_the_image_and_each_sentence_on_its_own(head: str) -> None:
+    # Prepare: an image and three caption vectors per sample
+    modalities = {"image": ModalitySpec("image", (3, 16, 16)), "captions": ModalitySpec("sentence", (3, 20))}
+    spec = DatasetSpec("r", modalities, 0, task="retrieval", fusion="dual")
+    cfg = ModelConfig(encoder=TINY_ENCODER, head=head, image=TokenizerConfig(patch=(4, 4)))
+    client, server = build_split_model(cfg, spec, seed=0)
+    images, captions = _inputs("image", 2), torch.randn(2, 3, 20)
+    changed = captions.clone()
+    changed[:, 2] += 1.0
+    # Execute
+    out = client.head(server(client.embed({"image": images, "captions": captions})))
+    out_changed = client.head(server(client.embed({"image": images, "captions": changed})))
+    # Assert: [b, 1 + K, D]; changing caption 2 moves only its own embedding
+    assert out.shape == (2, 4, 32)
+    torch.testing.assert_close(out[:, :3], out_changed[:, :3])
+    assert not torch.allclose(out[:, 3], out_changed[:, 3])
 
 
 def test_real_minilm_weights_load_offline_and_run(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,6 +20,7 @@ class DatasetSpec:
     modalities: dict[str, ModalitySpec]  # ordered: this order is the token order in early fusion
     num_classes: int
     task: str = "classification"  # a key of mpsl.tasks.TASKS
+    fusion: str = "early"  # the paper's fusion for this dataset, used when model.fusion is null
 
 
 Reader = Callable[[torch.Tensor], torch.Tensor]  # stored rows -> model inputs (e.g. uint8 -> normalized float)

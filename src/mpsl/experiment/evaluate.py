@@ -10,21 +10,33 @@ from mpsl.tasks import Task
 
 
 @torch.no_grad()
-def accuracy(client: ClientModel, server: ServerModel, data: SplitData, task: Task, batch_size: int) -> float:
+def predictions(client: ClientModel, server: ServerModel, data: SplitData, batch_size: int) -> torch.Tensor:
+    """The model's outputs for every sample of `data`, in order: [N, C] logits or [N, 1 + K, D] embeddings."""
     client.eval()
     server.eval()
-    correct = 0
+    out = []
     for start in range(0, len(data), batch_size):
         batch = data.subset(torch.arange(start, min(start + batch_size, len(data))))
-        predictions = client.head(server(client.embed(batch.inputs)))  # [b, C]
-        correct += task.correct(predictions, batch.labels)
-    return correct / len(data)
+        out.append(client.head(server(client.embed(batch.inputs))))  # [b, ...]
+    return torch.cat(out)  # [N, ...]
+
+
+def evaluate(client: ClientModel, server: ServerModel, data: SplitData, task: Task,
+             batch_size: int) -> dict[str, float]:
+    """Every test metric of the task, keyed `test_<metric>` (e.g. test_accuracy, test_i2t_r1)."""
+    scores = task.scores(predictions(client, server, data, batch_size), data.labels)
+    return {f"test_{k}": v for k, v in scores.items()}
+
+
+def headline(client: ClientModel, server: ServerModel, data: SplitData, task: Task, batch_size: int) -> float:
+    """The task's headline test score (classification: accuracy; retrieval: mean Recall@K)."""
+    return evaluate(client, server, data, task, batch_size)[f"test_{task.metric}"]
 
 
 def modality_ablations(client: ClientModel, server: ServerModel, data: SplitData, task: Task,
                        batch_size: int) -> dict[str, float]:
-    """Accuracy with only one modality kept (the others blanked): shows what fusion adds."""
-    if len(data.modalities) < 2:
+    """The headline score with only one modality kept (the others blanked): shows what fusion adds."""
+    if len(data.modalities) < 2 or not task.ablations:
         return {}
     result = {}
     for keep in data.modalities:
@@ -32,5 +44,5 @@ def modality_ablations(client: ClientModel, server: ServerModel, data: SplitData
         for other in data.modalities:
             if other != keep:
                 blanked = blanked.blank(other)
-        result[f"test_accuracy_{keep}_only"] = accuracy(client, server, blanked, task, batch_size)
+        result[f"test_{task.metric}_{keep}_only"] = headline(client, server, blanked, task, batch_size)
     return result

@@ -9,14 +9,14 @@ from mpsl.config import from_dict
 from mpsl.data import Dataset, load_dataset
 from mpsl.errors import MpslError
 from mpsl.experiment.checkpoints import load_checkpoint
-from mpsl.experiment.evaluate import accuracy, modality_ablations
+from mpsl.experiment.evaluate import evaluate, modality_ablations
 from mpsl.experiment.run import load_results
 from mpsl.models import WholeModel, build_split_model
 from mpsl.tasks import TASKS
 
 
 def evaluate_saved(result: dict[str, Any], method_dir: Path, datasets: dict[str, Dataset]) -> dict[str, float]:
-    """Test accuracy (and single-modality accuracies) of the checkpoint in `method_dir`."""
+    """Every test metric (and single-modality scores) of the checkpoint in `method_dir`."""
     cfg = from_dict(result["config"])
     key = repr(cfg.data)
     if key not in datasets:
@@ -26,13 +26,13 @@ def evaluate_saved(result: dict[str, Any], method_dir: Path, datasets: dict[str,
     model = WholeModel(client, server)
     load_checkpoint(model, method_dir)
     task = TASKS.get(dataset.spec.task)()
-    scores = {"test_accuracy": accuracy(client, server, dataset.test, task, cfg.eval.batch_size)}
+    scores = evaluate(client, server, dataset.test, task, cfg.eval.batch_size)
     scores.update(modality_ablations(client, server, dataset.test, task, cfg.eval.batch_size))
     return scores
 
 
 def evaluate_run(run_dir: Path, methods: list[str] | None = None) -> list[dict[str, Any]]:
-    """Re-evaluate every (or the named) method of a run folder; prints saved vs re-evaluated accuracy."""
+    """Re-evaluate every (or the named) method of a run folder; prints saved vs re-evaluated headline score."""
     results = load_results(run_dir)
     known = [r["method"] for r in results]
     for name in methods or []:
@@ -40,12 +40,13 @@ def evaluate_run(run_dir: Path, methods: list[str] | None = None) -> list[dict[s
             raise MpslError(f"{run_dir} has no results for method {name!r} (it has: {', '.join(known)})")
     datasets: dict[str, Dataset] = {}
     rows = []
-    print("| method | saved test acc % | re-evaluated test acc % |\n|---|---|---|")
+    metric = results[0].get("metric", "test_accuracy")
+    name = metric.removeprefix("test_").replace("_", " ")
+    print(f"| method | saved {name} % | re-evaluated {name} % |\n|---|---|---|")
     for r in results:
         if methods and r["method"] not in methods:
             continue
         scores = evaluate_saved(r, run_dir / r["method"], datasets)
-        rows.append({"method": r["method"], "saved": r["final"]["test_accuracy"], **scores})
-        print(f"| {r['method']} | {100 * r['final']['test_accuracy']:.1f} | {100 * scores['test_accuracy']:.1f} |",
-              flush=True)
+        rows.append({"method": r["method"], "saved": r["final"][metric], **scores})
+        print(f"| {r['method']} | {100 * r['final'][metric]:.1f} | {100 * scores[metric]:.1f} |", flush=True)
     return rows

@@ -24,15 +24,37 @@ def _ablation_keys(results: Results) -> list[str]:
     return sorted({k for r in results for k in r["final"] if k.endswith("_only")})
 
 
+def _metric(r: dict[str, Any]) -> str:
+    return r.get("metric", "test_accuracy")  # results written before retrieval existed were all accuracy
+
+
+def _score_keys(results: Results) -> list[str]:
+    """The task's test metrics, in the order the task reports them (accuracy; or Recall@K both ways + mean)."""
+    final = results[0]["final"]
+    return [k for k in final if k.startswith("test_") and not k.endswith("_only") and "personalized" not in k
+            and isinstance(final[k], float | int)]
+
+
+def _score_label(key: str) -> str:
+    """test_accuracy -> 'test acc', test_i2t_r5 -> 'i2t R@5', test_recall_mean -> 'mean R@K'."""
+    name = key.removeprefix("test_")
+    if name == "accuracy":
+        return "test acc"
+    if name == "recall_mean":
+        return "mean R@K"
+    direction, _, k = name.partition("_r")
+    return f"{direction} R@{k}"
+
+
 def _rows(results: Results) -> list[dict[str, Any]]:
     """One flat record per method: the numbers behind both the Markdown table and the CSV."""
     rows = []
     for r in results:
-        row: dict[str, Any] = {"method": r["method"], "clients": r["num_clients"],
-                               "test_accuracy": r["final"]["test_accuracy"]}
+        row: dict[str, Any] = {"method": r["method"], "clients": r["num_clients"]}
+        row.update({k: r["final"].get(k) for k in _score_keys(results)})
         row.update({k.removeprefix("test_"): r["final"].get(k) for k in _ablation_keys(results)})
         row.update({
-            "personalized_accuracy": r["final"].get("test_accuracy_personalized_mean"),
+            f"personalized_{_metric(r).removeprefix('test_')}": r["final"].get(f"{_metric(r)}_personalized_mean"),
             "client_gflop_per_sample": r["flops"]["client_per_sample"] / 1e9,
             "server_gflop_per_sample": r["flops"]["server_per_sample"] / 1e9,
             "client_trainable_params": r["params"]["client_trainable"],
@@ -52,11 +74,12 @@ def _count(n: int) -> str:
 def compare_table(results: Results) -> str:
     """Markdown table, one row per method; single-modality columns appear when the task has them."""
     ablations = [k.removeprefix("test_") for k in _ablation_keys(results)]
-    header = ["method", "clients", "test acc %", *[a.removeprefix("accuracy_").replace("_", "-") + " %"
-                                                   for a in ablations],
+    scores = _score_keys(results)
+    header = ["method", "clients", *[_score_label(k) + " %" for k in scores],
+              *[a.removeprefix("accuracy_").replace("_", "-") + " %" for a in ablations],
               "client GFLOP/sample", "client trainable", "client memory MB", "MB up/client", "MB down/client",
               "wall s"]
-    body = [[row["method"], str(row["clients"]), _pct(row["test_accuracy"]), *[_pct(row[a]) for a in ablations],
+    body = [[row["method"], str(row["clients"]), *[_pct(row[k]) for k in scores], *[_pct(row[a]) for a in ablations],
              f"{row['client_gflop_per_sample']:.3g}", _count(row["client_trainable_params"]),
              f"{row['client_memory_mb']:.3g}", f"{row['mb_up_per_client']:.1f}", f"{row['mb_down_per_client']:.1f}",
              f"{row['wall_seconds']:.0f}"] for row in _rows(results)]
@@ -76,9 +99,10 @@ def compare_markdown(title: str, results: Results) -> str:
              f"{cfg['train']['epochs']} epochs or FL rounds, global batch {cfg['train']['batch_size']}, "
              f"seed {first['seed']}."]
     for r in results:
-        if "test_accuracy_personalized_mean" in r["final"]:
+        personal = r["final"].get(f"{_metric(r)}_personalized_mean")
+        if personal is not None:
             notes.append(f"{r['method']}: the clients' own, never-averaged models reach "
-                         f"{_pct(r['final']['test_accuracy_personalized_mean'])} % on average.")
+                         f"{_pct(personal)} % {_score_label(_metric(r))} on average.")
     notes.append("Client GFLOP/sample: forward + backward of what runs on a client, per training sample "
                  "(FlopCounterMode). Client memory: parameters + Adam state + saved activations of one "
                  "client mini-batch. MB up/down: bytes per client over the whole run, as encoded on the wire.")
@@ -110,15 +134,16 @@ def _label(r: dict[str, Any]) -> str:
 
 
 def accuracy_plot(results: Results, path: Path, title: str) -> Path:
-    """Test accuracy after every epoch (FL: round), one line per method."""
+    """The headline test score (accuracy, or mean Recall@K) after every epoch (FL: round), one line per method."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for r in results:
         epochs = [h["epoch"] for h in r["history"]]
-        acc = [100 * h["test_accuracy"] for h in r["history"]]
+        acc = [100 * h[_metric(r)] for h in r["history"]]
         ax.plot(epochs, acc, marker="o", label=_label(r), color=COLORS.get(r["method"]))
     ax.set_xlabel("epoch (FL: round)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("test accuracy (%)" if _metric(results[0]) == "test_accuracy"
+                  else f"test {_score_label(_metric(results[0]))} (%)")
     ax.set_title(title)
     ax.set_xticks(sorted({h["epoch"] for r in results for h in r["history"]}))
     ax.grid(alpha=0.3)
@@ -197,7 +222,7 @@ def write_reports(run_dir: Path, results: Results, scaling: Sequence[dict[str, A
     samples = sum(first["samples_per_client"]) / first["config"]["num_clients"]
     written = [
         run_dir / "compare.md", run_dir / "compare.csv",
-        accuracy_plot(results, run_dir / "accuracy.png", f"{setup}: test accuracy"),
+        accuracy_plot(results, run_dir / "accuracy.png", f"{setup}: {_score_label(_metric(first))}"),
         compute_plot(results, run_dir / "client_compute.png", "Compute on one client per training sample"),
         communication_plot(results, scaling, run_dir / "communication.png",
                            f"Traffic per client vs backbone ({samples:.0f} samples per client)"),

@@ -17,7 +17,7 @@ from mpsl.data import Dataset
 from mpsl.errors import ConfigError, MpslError
 from mpsl.experiment.accounting import client_memory, trainable_parameters, training_flops
 from mpsl.experiment.checkpoints import save_checkpoint
-from mpsl.experiment.evaluate import accuracy, modality_ablations
+from mpsl.experiment.evaluate import evaluate, headline, modality_ablations
 from mpsl.experiment.files import write_atomically
 from mpsl.experiment.methods import METHODS, Method
 from mpsl.experiment.provenance import versions
@@ -82,40 +82,42 @@ def run_method(cfg: Config, dataset: Dataset, name: str, out_dir: Path) -> dict[
     cost = _cost(method)
     writer = _tensorboard(cfg, out_dir)
     history = []
+    metric = f"test_{method.task.metric}"
     for epoch in range(cfg.train.epochs):
         t0 = time.perf_counter()
         stats = method.train_round(epoch, cfg.progress).as_dict()
         model = method.global_model()
-        test_acc = accuracy(model.client, model.server, dataset.test, method.task, cfg.eval.batch_size)
+        test = evaluate(model.client, model.server, dataset.test, method.task, cfg.eval.batch_size)
         comm = _traffic(method.traffic(), epoch + 1)
-        history.append({"epoch": epoch + 1, **stats, "test_accuracy": test_acc,
+        history.append({"epoch": epoch + 1, **stats, **test,
                         "bytes_up_per_client": comm["bytes_up_per_client"],
                         "bytes_down_per_client": comm["bytes_down_per_client"],
                         "seconds": time.perf_counter() - t0})
         print(f"{name:>14} {method.round_word} {epoch + 1}/{cfg.train.epochs}: train loss {stats['train_loss']:.4f}, "
-              f"train acc {stats['train_accuracy']:.3f}, test acc {test_acc:.3f}, "
+              f"train acc {stats['train_accuracy']:.3f}, {metric.replace('_', ' ')} {test[metric]:.3f}, "
               f"{(comm['bytes_up_per_client'] + comm['bytes_down_per_client']) / 1e6:.1f} MB/client "
               f"({history[-1]['seconds']:.0f} s)", flush=True)
         if writer is not None:
-            for key in ("train_loss", "train_accuracy", "test_accuracy", "bytes_up_per_client",
-                        "bytes_down_per_client"):
+            for key in ("train_loss", "train_accuracy", *test, "bytes_up_per_client", "bytes_down_per_client"):
                 writer.add_scalar(f"{name}/{key}", history[-1][key], epoch + 1)
     if writer is not None:
         writer.close()
 
     model = method.global_model()
-    final: dict[str, Any] = {"test_accuracy": history[-1]["test_accuracy"]}
+    final: dict[str, Any] = {k: history[-1][k] for k in test}
     if cfg.eval.ablations:
         final.update(modality_ablations(model.client, model.server, dataset.test, method.task, cfg.eval.batch_size))
     personal = method.personal_models() if cfg.eval.personalized else []
     if personal:
-        per_client = [accuracy(c, model.server, dataset.test, method.task, cfg.eval.batch_size) for c in personal]
-        final["test_accuracy_personalized_mean"] = sum(per_client) / len(per_client)
-        final["test_accuracy_personalized"] = per_client
+        per_client = [headline(c, model.server, dataset.test, method.task, cfg.eval.batch_size) for c in personal]
+        final[f"{metric}_personalized_mean"] = sum(per_client) / len(per_client)
+        final[f"{metric}_personalized"] = per_client
     save_checkpoint(model, out_dir)
     results = {
         "method": name,
         "dataset": dataset.spec.name,
+        "task": dataset.spec.task,
+        "metric": metric,  # the headline key of history and final
         "num_clients": method.num_clients,
         "epochs": cfg.train.epochs,
         "seed": cfg.seed,

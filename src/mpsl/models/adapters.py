@@ -26,18 +26,35 @@ class AttentionAdapter(nn.Module):
         return features.shape[-1] * self.gate(features) * features
 
 
-class PerModalityAdapters(nn.Module):
-    """One adapter per modality, applied to that modality's feature: [B, M, D] -> [B, M, D]."""
+class SharedAdapter(nn.Module):
+    """One adapter for every feature row, whatever its modality: [B, R, D] -> [B, R, D]."""
 
     def __init__(self, width: int, modalities: list[str]) -> None:
         super().__init__()
-        self.adapters = nn.ModuleList(AttentionAdapter(width) for _ in modalities)
+        self.adapter = AttentionAdapter(width)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.stack([a(features[:, i]) for i, a in enumerate(self.adapters)], dim=1)  # M x [B, D] -> [B, M, D]
+    def forward(self, features: torch.Tensor, rows: list[str]) -> torch.Tensor:
+        return self.adapter(features)
 
 
+class PerModalityAdapters(nn.Module):
+    """One adapter per modality, applied to the feature rows of that modality: [B, R, D] -> [B, R, D]."""
+
+    def __init__(self, width: int, modalities: list[str]) -> None:
+        super().__init__()
+        self.adapters = nn.ModuleDict({m: AttentionAdapter(width) for m in modalities})
+
+    def forward(self, features: torch.Tensor, rows: list[str]) -> torch.Tensor:
+        return torch.stack([self.adapters[m](features[:, i]) for i, m in enumerate(rows)], dim=1)  # R x [B, D]
+
+
+class NoAdapter(nn.Module):
+    def forward(self, features: torch.Tensor, rows: list[str]) -> torch.Tensor:
+        return features
+
+
+# (width, modalities) -> module(features [B, R, D], the modality of each row) -> [B, R, D]
 ADAPTERS: Registry[Callable[[int, list[str]], nn.Module]] = Registry("adapter")
-ADAPTERS.register("none")(lambda width, modalities: nn.Identity())
-ADAPTERS.register("shared")(lambda width, modalities: AttentionAdapter(width))
+ADAPTERS.register("none")(lambda width, modalities: NoAdapter())
+ADAPTERS.register("shared")(SharedAdapter)
 ADAPTERS.register("per-modality")(PerModalityAdapters)

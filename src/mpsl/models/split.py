@@ -14,7 +14,7 @@ from mpsl.data.spec import DatasetSpec
 from mpsl.models.adapters import ADAPTERS
 from mpsl.models.encoder import EncoderBundle, SharedEncoder, build_encoder
 from mpsl.models.fusion import FUSIONS, POOLINGS
-from mpsl.models.heads import ClassifierHead
+from mpsl.models.heads import build_head
 from mpsl.models.tokenizers import build_tokenizer
 
 
@@ -31,26 +31,32 @@ class ClientModel(nn.Module):
         return list(self.tokenizers)
 
     def embed(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {m: tok(inputs[m]) for m, tok in self.tokenizers.items()}  # m -> [b, T_m, D]
+        """Tokens of the modalities this batch has (a client may lack some): m -> [b, T_m, D]."""
+        return {m: tok(inputs[m]) for m, tok in self.tokenizers.items() if m in inputs}
 
 
 class ServerModel(nn.Module):
     """The shared encoder, the fusion, an optional feature adapter, and with `head: server` the head."""
 
     def __init__(self, encoder: SharedEncoder, fusion: str, pooling: str, head: nn.Module,
-                 modalities: list[str], adapter: nn.Module | None = None) -> None:
+                 modalities: list[str], adapter: nn.Module | None = None, sentences: set[str] | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.fusion = FUSIONS.get(fusion)
         self.pool = POOLINGS.get(pooling)
-        self.adapter = adapter if adapter is not None else nn.Identity()
+        self.adapter = adapter if adapter is not None else ADAPTERS.get("none")(0, [])
         self.head = head
         self.modalities = list(modalities)
+        self.sentences = set(sentences or ())  # modalities whose every token is one sentence (dual fusion)
 
     def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        ordered = [tokens[m] for m in self.modalities]  # fixed modality order: m -> [B, T_m, D]
-        features = self.adapter(self.fusion(self.encoder, ordered, self.pool))  # [B, M, D]
-        return self.head(features)  # [B, M, D] or [B, C]
+        """tokens: the modalities one group of clients sent (all of them, or fewer), m -> [B, T_m, D]."""
+        unknown = set(tokens) - set(self.modalities)
+        if unknown or not tokens:
+            raise ValueError(f"tokens for {sorted(tokens)}, the model has {self.modalities}")
+        ordered = {m: tokens[m] for m in self.modalities if m in tokens}  # fixed modality order
+        features, rows = self.fusion(self.encoder, ordered, self.pool, self.sentences)  # [B, R, D]
+        return self.head(self.adapter(features, rows))  # [B, R, D] or [B, C]
 
 
 class WholeModel(nn.Module):
@@ -66,6 +72,7 @@ class WholeModel(nn.Module):
 
 
 ID_KINDS = frozenset({"text", "clip-text"})  # tokenizer kinds whose inputs are token ids, not floats
+SENTENCE_KINDS = frozenset({"sentence", "clip-text"})  # tokenizer kinds that make one token per sentence
 
 
 def example_inputs(spec: DatasetSpec, batch: int = 1, device: str = "meta") -> dict[str, torch.Tensor]:
@@ -79,9 +86,11 @@ def build_split_model(cfg: ModelConfig, spec: DatasetSpec, seed: int) -> tuple[C
     torch.manual_seed(seed)
     bundle: EncoderBundle = build_encoder(cfg.encoder)
     tokenizers = {m: build_tokenizer(ms, cfg, bundle) for m, ms in spec.modalities.items()}
-    head = ClassifierHead(bundle.width, spec.num_classes)
+    head = build_head(bundle.width, spec, cfg)
     client_head, server_head = (head, nn.Identity()) if cfg.head == "client" else (nn.Identity(), head)
     client = ClientModel(tokenizers, client_head)
     adapter = ADAPTERS.get(cfg.adapter)(bundle.width, list(spec.modalities))
-    server = ServerModel(bundle.encoder, cfg.fusion, cfg.pooling, server_head, list(spec.modalities), adapter)
+    fusion = cfg.fusion or spec.fusion
+    sentences = {m for m, s in spec.modalities.items() if s.kind in SENTENCE_KINDS}
+    server = ServerModel(bundle.encoder, fusion, cfg.pooling, server_head, list(spec.modalities), adapter, sentences)
     return client, server
