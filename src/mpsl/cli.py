@@ -69,8 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prepare = data_sub.add_parser("prepare", help="build a dataset's cache (re-used when present)")
-    prepare.add_argument("name")
-    prepare.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.cache_dir=/tmp/mpsl")
+    cache = data_sub.add_parser("cache", help="decode a file dataset once into a memory-mapped cache that later "
+                                              "runs with the same data.* settings read instead of the files")
+    for p in (prepare, cache):
+        p.add_argument("name")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.root=/data/flickr30k")
     spread = data_sub.add_parser("partition-report", help="per-client sizes and label histograms of a config's "
                                                           "partition, before training")
     spread.add_argument("config", help="YAML config file")
@@ -116,11 +119,13 @@ def _run(args: argparse.Namespace) -> None:
 def _data(args: argparse.Namespace) -> None:
     from mpsl.config import load_config
 
-    if args.data_command == "prepare":
+    if args.data_command in ("prepare", "cache"):
         from mpsl.data import prepare_dataset
 
         cfg = load_config(None, [f"data.name={args.name}", *args.overrides])
-        print(f"{args.name} ready in {prepare_dataset(cfg.data)}")
+        path = prepare_dataset(cfg.data)
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+        print(f"{args.name} ready in {path} ({size / 1e6:.1f} MB)")
         return
     from pathlib import Path
 
@@ -128,8 +133,8 @@ def _data(args: argparse.Namespace) -> None:
 
     _import_plugins(args.imports)
     cfg = load_config(args.config, args.overrides)
-    counts, _ = client_histograms(cfg)
-    print(report_text(counts, cfg))
+    counts, holdings = client_histograms(cfg)
+    print(report_text(counts, cfg, holdings))
     if args.heatmap:
         title = f"{cfg.data.name}: {cfg.partition.kind} partition over {cfg.num_clients} clients"
         print(f"wrote {heatmap(counts, Path(args.heatmap), title)}")

@@ -79,3 +79,20 @@ def partition(labels: np.ndarray, num_clients: int, cfg: PartitionConfig, seed: 
     if num_clients > len(labels):
         raise ConfigError(f"num_clients: {num_clients} clients but only {len(labels)} training samples")
     return PARTITIONS.get(cfg.kind)(labels, num_clients, cfg, np.random.default_rng(seed))
+
+
+def modality_holdings(modalities: list[str], num_clients: int, cfg: PartitionConfig, seed: int) -> list[list[str]]:
+    """The modalities each client holds: all of them, except for round(missing_fraction x N) seeded
+    clients that hold only one (`missing_keep`, or one drawn per client), as devices without a
+    camera or microphone would."""
+    if cfg.missing_keep is not None and cfg.missing_keep not in modalities:
+        raise ConfigError(f"partition.missing_keep: {cfg.missing_keep!r} is not a modality of this dataset "
+                          f"({', '.join(modalities)})")
+    holdings = [list(modalities) for _ in range(num_clients)]
+    missing = round(cfg.missing_fraction * num_clients)
+    if missing == 0 or len(modalities) < 2:
+        return holdings
+    rng = np.random.default_rng([seed, 1])  # a stream of its own: the sample partition does not move
+    for k in np.sort(rng.permutation(num_clients)[:missing]):
+        holdings[k] = [cfg.missing_keep if cfg.missing_keep is not None else str(rng.choice(modalities))]
+    return holdings

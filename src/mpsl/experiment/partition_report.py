@@ -8,20 +8,25 @@ import numpy as np
 
 from mpsl.config import Config
 from mpsl.data import load_dataset, partition
+from mpsl.data.partition import modality_holdings
 
 FULL_HISTOGRAM_UP_TO = 20  # classes; beyond that a row says how many classes a client has and its largest share
 
 
-def client_histograms(cfg: Config) -> tuple[np.ndarray, list[int]]:
-    """[clients, classes] label counts of the configured partition, and the class ids."""
+def client_histograms(cfg: Config) -> tuple[np.ndarray, list[list[str]]]:
+    """[clients, classes] label counts of the configured partition (retrieval, without labels: one
+    column of sizes), and the modalities each client holds."""
     dataset = load_dataset(cfg.data)
     labels = dataset.train.labels.numpy()
     parts = partition(labels, cfg.num_clients, cfg.partition, cfg.seed)
+    holdings = modality_holdings(list(dataset.spec.modalities), cfg.num_clients, cfg.partition, cfg.seed)
     classes = dataset.spec.num_classes
-    return np.stack([np.bincount(labels[p], minlength=classes) for p in parts]), list(range(classes))
+    if classes == 0:
+        return np.asarray([[len(p)] for p in parts]), holdings
+    return np.stack([np.bincount(labels[p], minlength=classes) for p in parts]), holdings
 
 
-def report_text(counts: np.ndarray, cfg: Config) -> str:
+def report_text(counts: np.ndarray, cfg: Config, holdings: list[list[str]] | None = None) -> str:
     sizes = counts.sum(axis=1)
     lines = [f"{cfg.data.name}: {int(sizes.sum())} training samples over {len(sizes)} clients, "
              f"partition {cfg.partition.kind}" + (f" (alpha {cfg.partition.alpha:g})"
@@ -34,6 +39,10 @@ def report_text(counts: np.ndarray, cfg: Config) -> str:
         lines.append("client  samples  classes  largest class share")
         lines += [f"{k:>6}  {sizes[k]:>7}  {np.count_nonzero(row):>7}  {row.max() / max(sizes[k], 1):>18.1%}"
                   for k, row in enumerate(counts)]
+    partial = {k: held for k, held in enumerate(holdings or []) if len(held) < max(map(len, holdings or [[]]))}
+    if partial:
+        lines.append(f"{len(partial)} of {len(sizes)} clients hold one modality: "
+                     + ", ".join(f"client {k} {'+'.join(held)}" for k, held in partial.items()))
     return "\n".join(lines)
 
 

@@ -38,24 +38,28 @@ class SplitServer:
         with torch.autocast(self.device, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             return self.model(tokens).float()  # [B, M, D] or [B, C]
 
-    def backward_and_step(self, outputs: torch.Tensor, grad: torch.Tensor,
-                          inputs: Sequence[torch.Tensor] = ()) -> None:
+    def backward_and_step(self, outputs: torch.Tensor | Sequence[torch.Tensor],
+                          grads: torch.Tensor | Sequence[torch.Tensor], inputs: Sequence[torch.Tensor] = ()) -> None:
         """One backward through the encoder for the whole concatenated batch, one optimizer step.
 
-        With a gradient scaler the input gradients (`inputs`, the clients' cut-layer tokens) are
-        unscaled here; on an overflow (in the encoder's or the inputs' gradients) the server skips
-        its update and the inputs' gradients are zeroed, so no client steps on it either.
+        `outputs` may be several forwards of the same step (client groups holding different
+        modalities); their gradients add up before the single step. With a gradient scaler the
+        input gradients (`inputs`, the clients' cut-layer tokens) are unscaled here; on an overflow
+        (in the encoder's or the inputs' gradients) the server skips its update and the inputs'
+        gradients are zeroed, so no client steps on it either.
         """
+        outputs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
+        grads = [grads] if isinstance(grads, torch.Tensor) else list(grads)
         if self.scaler is None:
-            outputs.backward(grad)
+            torch.autograd.backward(outputs, grads)
             if self.optimizer is not None:
                 self.optimizer.step()
         else:
-            outputs.backward(self.scaler.scale(grad))
+            torch.autograd.backward(outputs, [self.scaler.scale(g) for g in grads])
             scale = self.scaler.get_scale()
-            grads = [g for g in (*(p.grad for p in self.model.parameters()), *(t.grad for t in inputs))
-                     if g is not None]
-            if all(torch.isfinite(g).all() for g in grads):
+            params = [g for g in (*(p.grad for p in self.model.parameters()), *(t.grad for t in inputs))
+                      if g is not None]
+            if all(torch.isfinite(g).all() for g in params):
                 for t in inputs:
                     t.grad.div_(scale)
                 self.scaler.step(self.optimizer)

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from mpsl.config import Config
 from mpsl.data import Dataset, SplitData, partition
+from mpsl.data.partition import modality_holdings
 from mpsl.models import ClientModel, WholeModel, build_split_model
 from mpsl.registry import Registry
 from mpsl.runtime import Traffic
@@ -108,9 +109,11 @@ def progress_bar(label: str, total: int, progress: bool) -> tqdm:
 
 
 def client_shards(cfg: Config, dataset: Dataset) -> list[SplitData]:
-    """Each of num_clients clients holds one partition of the training set (the same for every method)."""
+    """Each of num_clients clients holds one partition of the training set, of the modalities it has
+    (the same for every method)."""
     parts = partition(dataset.train.labels.numpy(), cfg.num_clients, cfg.partition, cfg.seed)
-    return [dataset.train.subset(torch.from_numpy(p)) for p in parts]
+    holdings = modality_holdings(list(dataset.spec.modalities), cfg.num_clients, cfg.partition, cfg.seed)
+    return [dataset.train.subset(torch.from_numpy(p)).only(held) for p, held in zip(parts, holdings, strict=True)]
 
 
 def client_seed(cfg: Config, k: int) -> int:

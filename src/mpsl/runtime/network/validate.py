@@ -24,8 +24,9 @@ class Expected:
             raise ProtocolError(f"tokens claim client {msg.client_id}, the connection is client {client_id}")
         if msg.step != step:
             raise ProtocolError(f"tokens for step {msg.step}, the server asked for step {step}")
-        if list(msg.tokens) != list(self.tokens):
-            raise ProtocolError(f"modalities {list(msg.tokens)}, expected {list(self.tokens)}")
+        if not msg.tokens or list(msg.tokens) != [m for m in self.tokens if m in msg.tokens]:
+            raise ProtocolError(f"modalities {list(msg.tokens)}, expected {list(self.tokens)} "
+                                "or a non-empty part of them (a client lacking a modality) in that order")
         sizes = set()
         for m, t in msg.tokens.items():
             if t.dim() != 3 or t.shape[1] != self.tokens[m] or t.shape[2] != self.width:
