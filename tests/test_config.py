@@ -61,7 +61,7 @@ def test_yaml_file_then_overrides(tmp_path: Path) -> None:
         (["model.head=cloud"], "model.head"),
         (["model.fusion=3"], "model.fusion"),
         (["partition.alpha=-1"], "partition.alpha"),
-        (["num_clients=5000"], "num_clients"),  # more clients than samples
+        (["num_clients=5000", "data.train_size=4000"], "num_clients"),  # more clients than samples
         (["model.image.patch=[4]"], "model.image.patch"),
         (["eval.personalized=maybe"], "eval.personalized"),
         (["train=3"], "train"),

@@ -5,7 +5,6 @@ Parametrized over the registry: registering a dataset without a fixture writer f
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +33,8 @@ def written(tmp_path_factory: pytest.TempPathFactory):
     return out
 
 
-def _cfg(name: str, root: Path, cache: Path) -> DataConfig:
-    return DataConfig(name=name, root=str(root), cache_dir=str(cache), **SMALL)
+def _cfg(name: str, root: Path, cache: Path, settings: dict | None = None) -> DataConfig:
+    return DataConfig(name=name, root=str(root), cache_dir=str(cache), **{**SMALL, **(settings or {})})
 
 
 def test_every_file_dataset_has_a_fixture() -> None:
@@ -47,7 +46,7 @@ def test_fixture_loads_with_spec_shapes_and_labels(name: str, written, tmp_path:
     # Prepare
     root, fx = written[name]
     # Execute
-    data = load_dataset(_cfg(name, root, tmp_path))
+    data = load_dataset(_cfg(name, root, tmp_path, fx.settings))
     # Assert
     assert (len(data.train), len(data.test)) == (fx.train, fx.test)
     assert data.spec.num_classes == fx.num_classes
@@ -66,8 +65,8 @@ def test_fixture_loads_with_spec_shapes_and_labels(name: str, written, tmp_path:
 @pytest.mark.parametrize("name", NAMES)
 def test_cache_is_memory_mapped_and_equal_to_decoding(name: str, written, tmp_path: Path) -> None:
     # Prepare
-    root, _ = written[name]
-    cfg = _cfg(name, root, tmp_path)
+    root, fx = written[name]
+    cfg = _cfg(name, root, tmp_path, fx.settings)
     decoded = load_dataset(cfg)
     # Execute
     path = prepare_dataset(cfg, progress=False)
@@ -85,7 +84,7 @@ def test_cache_is_memory_mapped_and_equal_to_decoding(name: str, written, tmp_pa
 def test_a_few_mpsl_steps_train_on_the_fixture(name: str, written, tmp_path: Path) -> None:
     # Prepare
     root, fx = written[name]
-    settings = [f"data.{k}={v}" for k, v in SMALL.items()]
+    settings = [f"data.{k}={v}" for k, v in {**SMALL, **fx.settings}.items()]
     cfg = tiny_config(f"data.name={name}", f"data.root={root}", f"data.cache_dir={tmp_path}", *settings,
                       "model.image.patch=[16,16]", "model.audio.patch=[16,16]", "model.audio.stride=[10,10]",
                       "num_clients=2", "train.batch_size=4", "partition.kind=iid", "partition.min_size=1")
@@ -106,7 +105,7 @@ def test_a_corrupted_file_is_named(name: str, tmp_path: Path) -> None:
     fx.corrupt.write_bytes(b"\x00not a media file\xff" * 8)
     # Execute
     with pytest.raises(DataError) as err:
-        load_dataset(_cfg(name, root, tmp_path / "cache"))
+        load_dataset(_cfg(name, root, tmp_path / "cache", fx.settings))
     # Assert
     assert str(fx.corrupt) in str(err.value)
 
@@ -115,6 +114,6 @@ def test_a_corrupted_file_is_named(name: str, tmp_path: Path) -> None:
 def test_a_missing_root_is_named(name: str, tmp_path: Path) -> None:
     # Execute
     with pytest.raises(DataError) as err:
-        load_dataset(replace(_cfg(name, tmp_path / "nowhere", tmp_path), root=str(tmp_path / "nowhere")))
+        load_dataset(_cfg(name, tmp_path / "nowhere", tmp_path))
     # Assert
     assert "nowhere" in str(err.value)

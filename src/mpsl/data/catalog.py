@@ -56,6 +56,7 @@ class FileDataset:
     modalities: Callable[[DataConfig], dict[str, ModalitySpec]]  # kinds and per-sample shapes
     read: Callable[[Path, DataConfig], Layout]  # raises DataError naming a missing or malformed file
     decode: Callable[[Example, DataConfig], dict[str, np.ndarray]]  # one sample, every modality
+    fusion: str = "early"  # the paper's: early for image/audio + text, late for frame + audio, dual for retrieval
     default_root: Callable[[DataConfig], Path] | None = None  # embedded sets know where their files are
     # fields of DataConfig that change what decode stores (the cache key), beyond name, root and sizes
     depends_on: tuple[str, ...] = field(default=("image_size", "audio_frames", "text", "text_tokenizer",
@@ -145,7 +146,7 @@ def _split_data(arrays: dict[str, np.ndarray], labels: np.ndarray, specs: dict[s
 
 
 def _spec(ds: FileDataset, cfg: DataConfig, classes: list[str]) -> DatasetSpec:
-    return DatasetSpec(ds.name, ds.modalities(cfg), num_classes=len(classes), task=ds.task)
+    return DatasetSpec(ds.name, ds.modalities(cfg), num_classes=len(classes), task=ds.task, fusion=ds.fusion)
 
 
 def decode_in_memory(ds: FileDataset, cfg: DataConfig, progress: bool = True) -> Dataset:
@@ -205,7 +206,7 @@ def load_cache(ds: FileDataset, cfg: DataConfig, path: Path) -> Dataset:
     try:
         meta = json.loads((path / "meta.json").read_text())
         modalities = {m: ModalitySpec(s["kind"], tuple(s["shape"])) for m, s in meta["modalities"].items()}
-        spec = DatasetSpec(ds.name, modalities, num_classes=len(meta["classes"]), task=meta["task"])
+        spec = DatasetSpec(ds.name, modalities, num_classes=len(meta["classes"]), task=meta["task"], fusion=ds.fusion)
         data = {}
         for split in SPLITS:
             arrays = {m: np.load(path / f"{split}_{m}.npy", mmap_mode="c") for m in spec.modalities}
