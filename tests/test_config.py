@@ -31,6 +31,21 @@ def test_demo_config_is_valid_and_shows_every_key() -> None:
     assert (REPO / "configs" / "avdigits.yaml").read_text() == text
 
 
+def test_paper_config_is_the_papers_setup_and_asks_for_its_folders() -> None:
+    # Prepare
+    from mpsl.data import load_dataset
+    from mpsl.errors import DataError
+
+    # Execute
+    cfg = load_config(REPO / "configs" / "paper.yaml")
+
+    # Assert
+    assert (cfg.num_clients, cfg.train.batch_size, cfg.train.epochs, cfg.seed) == (100, 500, 15, 2024)
+    assert cfg.model.encoder.preset == "vit-b16" and cfg.model.encoder.trainable_blocks == 6
+    with pytest.raises(DataError, match="data.root"):
+        load_dataset(cfg.data)
+
+
 def test_overrides_are_typed_and_nested() -> None:
     cfg = load_config(None, ["train.epochs=7", "model.head=server", "train.server_lr=1e-3",
                              "model.image.patch=[4, 2]", "methods=[mpsl]"])

@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     for p in (prepare, cache):
         p.add_argument("name")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.root=/data/flickr30k")
+        p.add_argument("-i", "--import", dest="imports", action="append", default=[], metavar="MODULE",
+                       help="import a module first, e.g. one that registers your own dataset")
     spread = data_sub.add_parser("partition-report", help="per-client sizes and label histograms of a config's "
                                                           "partition, before training")
     spread.add_argument("config", help="YAML config file")
@@ -94,8 +96,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _import_plugins(modules: list[str]) -> None:
-    """User modules that register datasets, encoders or methods before the config is checked."""
+    """User modules that register datasets, encoders or methods before the config is checked; found
+    on the Python path or, as with `python -m`, in the current folder."""
     import importlib
+    import os
+    import sys
+
+    if modules and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
     for name in modules:
         try:
@@ -122,10 +130,13 @@ def _data(args: argparse.Namespace) -> None:
     if args.data_command in ("prepare", "cache"):
         from mpsl.data import prepare_dataset
 
+        _import_plugins(args.imports)
         cfg = load_config(None, [f"data.name={args.name}", *args.overrides])
+        from mpsl.data.sources import FILE_DATASETS
+
         path = prepare_dataset(cfg.data)
-        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
-        print(f"{args.name} ready in {path} ({size / 1e6:.1f} MB)")
+        size = sum(f.stat().st_size for f in path.glob("*.npy")) / 1e6
+        print(f"{args.name} ready in {path}" + (f" ({size:.1f} MB)" if args.name in FILE_DATASETS else ""))
         return
     from pathlib import Path
 

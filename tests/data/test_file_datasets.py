@@ -117,3 +117,24 @@ def test_a_missing_root_is_named(name: str, tmp_path: Path) -> None:
         load_dataset(_cfg(name, tmp_path / "nowhere", tmp_path))
     # Assert
     assert "nowhere" in str(err.value)
+
+
+def test_mpsl_data_cache_builds_once_and_later_runs_never_read_the_files(tmp_path: Path) -> None:
+    # Prepare
+    import subprocess
+    import sys
+
+    root = tmp_path / "t4sa"
+    fx = FIXTURES["t4sa"](root)
+    args = ["t4sa", f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}",
+            *[f"data.{k}={v}" for k, v in SMALL.items()]]
+    # Execute
+    proc = subprocess.run([sys.executable, "-m", "mpsl", "data", "cache", *args], capture_output=True, text=True)
+    fx.corrupt.write_bytes(b"garbage")  # a cached run must not decode the files again
+    cached = load_dataset(_cfg("t4sa", root, tmp_path / "cache"))
+    # Assert
+    assert proc.returncode == 0, proc.stderr
+    assert "t4sa ready in" in proc.stdout and "t4sa train" in proc.stderr  # the progress bar
+    assert (len(cached.train), len(cached.test)) == (fx.train, fx.test)
+    with pytest.raises(DataError, match="t4sa"):  # other settings -> another cache -> the files again
+        load_dataset(_cfg("t4sa", root, tmp_path / "cache", {"image_size": 24}))

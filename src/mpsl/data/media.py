@@ -25,7 +25,8 @@ IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 FBANK_MEAN, FBANK_STD = -4.2677393, 4.5689974
 
 
-def _pil_square(image, size: int) -> np.ndarray:
+def square_image(image, size: int) -> np.ndarray:
+    """A Pillow image -> uint8 [3, size, size]: shorter side resized to `size` (bicubic), centre crop."""
     from PIL import Image
 
     image = image.convert("RGB")
@@ -44,7 +45,7 @@ def load_image(path: Path, size: int) -> np.ndarray:
 
     try:
         with Image.open(path) as image:
-            return _pil_square(image, size)
+            return square_image(image, size)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
@@ -144,7 +145,7 @@ def _frame_near(container, at: float, size: int) -> np.ndarray:
             break
     if best is None:
         raise DataError(f"{container.name}: the video stream has no frames")
-    return _pil_square(best.to_image(), size)
+    return square_image(best.to_image(), size)
 
 
 def media_duration(path: Path) -> float:

@@ -25,7 +25,7 @@ import numpy as np
 from mpsl.config import DataConfig
 from mpsl.data.catalog import Example, FileDataset, Layout
 from mpsl.data.datasets.common import encode_text, image_spec, need_file, text_spec
-from mpsl.data.media import _pil_square
+from mpsl.data.media import square_image
 from mpsl.data.sources import register_files
 from mpsl.data.spec import ModalitySpec
 from mpsl.errors import DataError
@@ -126,7 +126,7 @@ def decode_emoji(font_path: Path, codepoint: int, size: int) -> np.ndarray:
     side = max(glyph.size)
     canvas = Image.new("RGBA", (side, side), (255, 255, 255, 255))
     canvas.alpha_composite(glyph, ((side - glyph.width) // 2, (side - glyph.height) // 2))
-    return _pil_square(canvas.convert("RGB"), size)
+    return square_image(canvas.convert("RGB"), size)
 
 
 def decode(ex: Example, cfg: DataConfig) -> dict[str, np.ndarray]:
