@@ -34,6 +34,14 @@ def _tokens(step: int, image_shape: list[int], dtype: str = "float32", fill: flo
                   ("tokens.audio", "float32", audio_shape, audio.tobytes())])
 
 
+def _swapped(step: int) -> bytes:
+    """Both modalities, audio first: the server's order is image, audio."""
+    image, audio = np.zeros(4 * IMAGE * WIDTH, np.float32), np.zeros(4 * AUDIO * WIDTH, np.float32)
+    return frame("Tokens", {"client_id": 0, "step": step},
+                 [("tokens.audio", "float32", [4, AUDIO, WIDTH], audio.tobytes()),
+                  ("tokens.image", "float32", [4, IMAGE, WIDTH], image.tobytes())])
+
+
 @pytest.fixture()
 def server(tmp_path):
     live = LiveServer(tiny_config("deploy.step_timeout=10", "deploy.min_participants=1", f"out_dir={tmp_path}"))
@@ -55,8 +63,9 @@ def _params(live: LiveServer) -> list[torch.Tensor]:
         (lambda step: _tokens(step, [4, IMAGE, WIDTH], audio_shape=[3, AUDIO, WIDTH]), "disagree on the batch"),
         (lambda step: _tokens(step + 1, [4, IMAGE, WIDTH]), "tokens for step"),
         (lambda step: b"MPSL" + b"\x01" + b"\xff" * 8, "header"),
+        (_swapped, "non-empty part of them"),
     ],
-    ids=["dtype", "shape", "nan", "batch", "ragged", "step", "garbage"],
+    ids=["dtype", "shape", "nan", "batch", "ragged", "step", "garbage", "order"],
 )
 def test_a_bad_message_is_refused_with_invalid_argument_and_changes_nothing(server, make, expect: str) -> None:
     # Prepare
