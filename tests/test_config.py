@@ -46,6 +46,15 @@ def test_paper_config_is_the_papers_setup_and_asks_for_its_folders() -> None:
         load_dataset(cfg.data)
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid_and_names_a_registered_dataset(path: Path) -> None:
+    from mpsl.data import DATASETS
+
+    cfg = load_config(path)
+    assert cfg.data.name in DATASETS
+    assert path.resolve().parent == DEMO_CONFIG.parent  # the file is packaged, configs/ only links to it
+
+
 def test_overrides_are_typed_and_nested() -> None:
     cfg = load_config(None, ["train.epochs=7", "model.head=server", "train.server_lr=1e-3",
                              "model.image.patch=[4, 2]", "methods=[mpsl]"])

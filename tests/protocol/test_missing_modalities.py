@@ -130,3 +130,18 @@ def test_every_baseline_trains_with_missing_modality_clients(name: str) -> None:
     stats = method.train_round(0, progress=False)
     # Assert: every sample trained once (centralized pools the full training set)
     assert stats.count == 96 and np.isfinite(stats.loss)
+
+
+def test_results_and_the_report_say_which_clients_held_one_modality(tmp_path) -> None:
+    # Prepare
+    from mpsl.experiment.run import run_experiment
+
+    cfg = tiny_config("partition.missing_fraction=0.34", "partition.missing_keep=audio", "methods=[mpsl,fedavg]",
+                      f"out_dir={tmp_path}", "name=miss", "eval.personalized=false")
+    # Execute
+    results = run_experiment(cfg)
+    # Assert
+    for r in results:
+        assert sorted(map(tuple, r["modalities_per_client"])) == [("audio",), ("image", "audio"), ("image", "audio")]
+        assert sum(r["samples_per_client"]) == 96 and r["history"][0]["steps"] >= 1
+    assert "1 of 3 clients hold only some modalities" in (tmp_path / "miss" / "compare.md").read_text()

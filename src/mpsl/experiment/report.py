@@ -98,6 +98,12 @@ def compare_markdown(title: str, results: Results) -> str:
     notes = [f"Dataset `{first['dataset']}`, {cfg['num_clients']} clients ({cfg['partition']['kind']} partition), "
              f"{cfg['train']['epochs']} epochs or FL rounds, global batch {cfg['train']['batch_size']}, "
              f"seed {first['seed']}."]
+    all_modalities = max((len(m) for r in results for m in r.get("modalities_per_client", [])), default=0)
+    for r in results:
+        partial = sum(len(m) < all_modalities for m in r.get("modalities_per_client", []))
+        if partial:
+            notes.append(f"{r['method']}: {partial} of {r['num_clients']} clients hold only some modalities "
+                         f"(partition.missing_fraction).")
     for r in results:
         personal = r["final"].get(f"{_metric(r)}_personalized_mean")
         if personal is not None:

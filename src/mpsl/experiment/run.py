@@ -127,6 +127,7 @@ def run_method(cfg: Config, dataset: Dataset, name: str, out_dir: Path) -> dict[
         "comm": _traffic(method.traffic(), cfg.train.epochs),
         **cost,
         "samples_per_client": method.samples_per_client(),
+        "modalities_per_client": method.modalities_per_client(),
         "client_batch_size": method.client_batch_size(),
         "wall_seconds": time.perf_counter() - started,
         "versions": versions(),

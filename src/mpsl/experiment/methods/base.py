@@ -77,6 +77,10 @@ class Method(ABC):
     def client_batch_size(self) -> int:
         return self.clients[0].batch_size
 
+    def modalities_per_client(self) -> list[list[str]]:
+        """What each client holds (fewer than the dataset's with partition.missing_fraction)."""
+        return [c.data.modalities for c in self.clients]
+
     @abstractmethod
     def train_round(self, epoch: int, progress: bool) -> RoundStats: ...
 

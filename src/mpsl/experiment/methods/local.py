@@ -78,5 +78,8 @@ class Centralized(Method):
     def samples_per_client(self) -> list[int]:
         return [len(self.dataset.train)]
 
+    def modalities_per_client(self) -> list[list[str]]:
+        return [self.dataset.train.modalities]
+
     def client_batch_size(self) -> int:
         return self.cfg.train.batch_size
