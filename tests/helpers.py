@@ -15,3 +15,26 @@ TINY = [
 def tiny_config(*overrides: str) -> Config:
     return load_config(None, [*TINY, *overrides])
 
+
+
+def adam(module):
+    """A plain Adam over the trainable parameters, for exact step comparisons."""
+    import torch
+
+    return torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-2)
+
+
+def split_parties(template, server_model, shards, task):
+    """One SplitClient per shard (copies of the template, each batch = the whole shard) and one SplitServer,
+    each with its own Adam: the split side of a split-equals-unsplit comparison."""
+    import copy
+
+    from mpsl.protocol import SplitClient, SplitServer
+
+    clients = [SplitClient(k, copy.deepcopy(template), s, task, len(s), None, None, seed=k)
+               for k, s in enumerate(shards)]
+    for c in clients:
+        c.optimizer = adam(c.model)
+    server = SplitServer(copy.deepcopy(server_model), None, None)
+    server.optimizer = adam(server.model)
+    return clients, server

@@ -15,17 +15,14 @@ from mpsl.data.partition import modality_holdings
 from mpsl.errors import ConfigError, ProtocolError
 from mpsl.experiment.methods.split_learning import Mpsl
 from mpsl.models import build_split_model
-from mpsl.protocol import SplitClient, SplitServer, Tokens, mpsl_step
+from mpsl.protocol import SplitServer, Tokens, mpsl_step
 from mpsl.runtime import InProcessHandle
 from mpsl.tasks import ClassificationTask
-from tests.helpers import tiny_config
+from tests.helpers import adam, split_parties, tiny_config
 
 SIZES = [3, 2, 4]
 HOLDS = [["image", "audio"], ["image"], ["audio"]]  # client 0 full, client 1 camera only, client 2 microphone only
 
-
-def _adam(module: torch.nn.Module) -> torch.optim.Adam:
-    return torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-2)
 
 
 @pytest.mark.parametrize("fusion", ["early", "late"])
@@ -39,18 +36,13 @@ def test_a_step_with_partial_clients_equals_the_unsplit_step_on_what_they_hold(h
               for k, held in enumerate(HOLDS)]
     refs = [copy.deepcopy(template) for _ in SIZES]
     ref_server = copy.deepcopy(server_model)
-    clients = [SplitClient(k, copy.deepcopy(template), s, ClassificationTask(), len(s), None, None, seed=k)
-               for k, s in enumerate(shards)]
-    for c in clients:
-        c.optimizer = _adam(c.model)
-    server = SplitServer(copy.deepcopy(server_model), None, None)
-    server.optimizer = _adam(server.model)
+    clients, server = split_parties(template, server_model, shards, ClassificationTask())
 
     # Execute: the split step
     result = mpsl_step(server, [InProcessHandle(c) for c in clients], step=0)
 
     # Execute: the reference, each client's batch through the whole model on its own modalities
-    opts = [_adam(m) for m in [*refs, ref_server]]
+    opts = [adam(m) for m in [*refs, ref_server]]
     logits = [m.head(ref_server(m.embed(s.inputs))) for m, s in zip(refs, shards, strict=True)]  # [b_k, C]
     loss = F.cross_entropy(torch.cat(logits), torch.cat([s.labels for s in shards]))  # sum_k b_k/B L_k
     loss.backward()

@@ -14,16 +14,13 @@ import torch.nn.functional as F
 
 from mpsl.data import load_dataset
 from mpsl.models import build_split_model
-from mpsl.protocol import SplitClient, SplitServer, mpsl_step
+from mpsl.protocol import mpsl_step
 from mpsl.runtime import InProcessHandle
 from mpsl.tasks import ClassificationTask
-from tests.helpers import tiny_config
+from tests.helpers import adam, split_parties, tiny_config
 
 SIZES = [3, 2, 4]  # unequal client batches: weights 3/9, 2/9, 4/9
 
-
-def _adam(module: torch.nn.Module) -> torch.optim.Adam:
-    return torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-2)
 
 
 @pytest.mark.parametrize("fusion", ["early", "late"])
@@ -36,21 +33,13 @@ def test_one_mpsl_step_equals_one_unsplit_step(head: str, fusion: str) -> None:
     shards = [data.train.subset(torch.arange(sum(SIZES[:k]), sum(SIZES[:k + 1]))) for k in range(len(SIZES))]
     ref_clients = [copy.deepcopy(template) for _ in SIZES]
     ref_server = copy.deepcopy(server_model)
-    clients = [
-        SplitClient(k, copy.deepcopy(template), shard, ClassificationTask(), len(shard),
-                    None, None, seed=k)
-        for k, shard in enumerate(shards)
-    ]
-    for c in clients:
-        c.optimizer = _adam(c.model)
-    server = SplitServer(copy.deepcopy(server_model), None, None)
-    server.optimizer = _adam(server.model)
+    clients, server = split_parties(template, server_model, shards, ClassificationTask())
 
     # Execute: the split step
     result = mpsl_step(server, [InProcessHandle(c) for c in clients], step=0)
 
     # Execute: the unsplit reference
-    ref_opts = [_adam(m) for m in [*ref_clients, ref_server]]
+    ref_opts = [adam(m) for m in [*ref_clients, ref_server]]
     tokens = [m.embed(s.inputs) for m, s in zip(ref_clients, shards, strict=True)]
     joint = {mod: torch.cat([t[mod] for t in tokens]) for mod in tokens[0]}  # [B, T_m, D]
     outputs = ref_server(joint).split(SIZES)
