@@ -29,6 +29,7 @@ class DataConfig:
     test_size: int | None = None
     seed: int = 0  # seeds the dataset's construction (or subset), not training
     image_size: int = 224  # file datasets: images and video frames are resized and centre-cropped to this
+    hflip: bool = False  # file datasets: mirror each training image left-right with probability 1/2 per read
     audio_frames: int | None = None  # fbank frames (10 ms) per audio clip; None: the dataset's default
     # text modalities: text (WordPiece ids for the encoder's own words), clip-text (CLIP ids for the client's
     # frozen CLIP text tower), sentence (a frozen sentence encoder's vectors); null: text for one sentence

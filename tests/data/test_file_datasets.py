@@ -138,3 +138,23 @@ def test_mpsl_data_cache_builds_once_and_later_runs_never_read_the_files(tmp_pat
     assert (len(cached.train), len(cached.test)) == (fx.train, fx.test)
     with pytest.raises(DataError, match="t4sa"):  # other settings -> another cache -> the files again
         load_dataset(_cfg("t4sa", root, tmp_path / "cache", {"image_size": 24}))
+
+
+def test_hflip_mirrors_training_images_only_and_shares_the_cache(written, tmp_path: Path) -> None:
+    # Prepare
+    root, fx = written["t4sa"]
+    plain = load_dataset(_cfg("t4sa", root, tmp_path))
+    prepare_dataset(_cfg("t4sa", root, tmp_path), progress=False)
+    flipping = load_dataset(_cfg("t4sa", root, tmp_path, {"hflip": True}))  # the same cache: flips happen on read
+    rows = torch.arange(len(plain.train))
+    # Execute
+    reads = [flipping.train.subset(rows).inputs["image"] for _ in range(4)]
+    # Assert: every read image is the original or its mirror, both occur, and test images are never flipped
+    original = plain.train.subset(rows).inputs["image"]
+    mirrored = []
+    for r in reads:
+        for i in rows:
+            mirrored.append(torch.equal(r[i], original[i].flip(-1)))
+            assert mirrored[-1] or torch.equal(r[i], original[i])
+    assert any(mirrored) and not all(mirrored)
+    torch.testing.assert_close(flipping.test.inputs["image"], plain.test.inputs["image"])

@@ -129,20 +129,31 @@ def _decode_all(ds: FileDataset, cfg: DataConfig, split: str, examples: list[Exa
         yield i, arrays
 
 
-def _reader(kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Stored rows -> model inputs: images stay uint8 on disk and are normalized per batch."""
+def _reader(kind: str, flip: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Stored rows -> model inputs: images stay uint8 on disk and are normalized per batch; with `flip`
+    (training images, data.hflip) each image is mirrored left-right with probability 1/2 at every read."""
     def read(x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.uint8 and kind == "image":
-            return normalize_image(x)
-        return x.long() if not x.is_floating_point() else x.float()
+        if kind != "image":
+            return x.long() if not x.is_floating_point() else x.float()
+        images = normalize_image(x) if x.dtype == torch.uint8 else x.float()  # [b, 3, S, S]
+        if flip is not None:
+            mirror = torch.rand(len(images), generator=flip) < 0.5  # [b]
+            images = torch.where(mirror[:, None, None, None], images.flip(-1), images)
+        return images
 
     return read
 
 
-def _split_data(arrays: dict[str, np.ndarray], labels: np.ndarray, specs: dict[str, ModalitySpec]) -> SplitData:
+def _split_data(arrays: dict[str, np.ndarray], labels: np.ndarray, specs: dict[str, ModalitySpec],
+                flip: torch.Generator | None = None) -> SplitData:
     tensors = {m: torch.from_numpy(arrays[m]) for m in specs}
-    readers = {m: _reader(s.kind) for m, s in specs.items()}
+    readers = {m: _reader(s.kind, flip) for m, s in specs.items()}
     return SplitData(tensors, torch.from_numpy(np.asarray(labels)), readers=readers)
+
+
+def _flip(cfg: DataConfig, split: str) -> torch.Generator | None:
+    """The random source of training-image flips (seeded by data.seed); None for test or without data.hflip."""
+    return torch.Generator().manual_seed(cfg.seed) if cfg.hflip and split == "train" else None
 
 
 def _spec(ds: FileDataset, cfg: DataConfig, classes: list[str]) -> DatasetSpec:
@@ -158,7 +169,8 @@ def decode_in_memory(ds: FileDataset, cfg: DataConfig, progress: bool = True) ->
         for _, arrays in _decode_all(ds, cfg, split, examples, spec.modalities, progress):
             for m, a in arrays.items():
                 rows[m].append(a)
-        data[split] = _split_data({m: np.stack(r) for m, r in rows.items()}, _labels(ds, examples), spec.modalities)
+        data[split] = _split_data({m: np.stack(r) for m, r in rows.items()}, _labels(ds, examples), spec.modalities,
+                                  _flip(cfg, split))
     return Dataset(spec, data["train"], data["test"], classes)
 
 
@@ -210,7 +222,8 @@ def load_cache(ds: FileDataset, cfg: DataConfig, path: Path) -> Dataset:
         data = {}
         for split in SPLITS:
             arrays = {m: np.load(path / f"{split}_{m}.npy", mmap_mode="c") for m in spec.modalities}
-            data[split] = _split_data(arrays, np.load(path / f"{split}_labels.npy"), spec.modalities)
+            data[split] = _split_data(arrays, np.load(path / f"{split}_labels.npy"), spec.modalities,
+                                      _flip(cfg, split))
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
         raise DataError(f"{ds.name}: the cache in {path} is damaged ({exc}); delete it and run "
                         f"`mpsl data cache {ds.name}` again") from None
