@@ -142,7 +142,7 @@ def test_mpsl_data_cache_builds_once_and_later_runs_never_read_the_files(tmp_pat
 
 def test_hflip_mirrors_training_images_only_and_shares_the_cache(written, tmp_path: Path) -> None:
     # Prepare
-    root, fx = written["t4sa"]
+    root, _ = written["t4sa"]
     plain = load_dataset(_cfg("t4sa", root, tmp_path))
     prepare_dataset(_cfg("t4sa", root, tmp_path), progress=False)
     flipping = load_dataset(_cfg("t4sa", root, tmp_path, {"hflip": True}))  # the same cache: flips happen on read
