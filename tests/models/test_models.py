@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,19 @@ def test_text_tokenizer_starts_from_the_encoders_word_embeddings() -> None:
 
     assert torch.equal(tok.words.weight, bundle.word_embeddings.weight)
     assert tok.words.weight.data_ptr() != bundle.word_embeddings.weight.data_ptr()  # a client-owned copy
+
+
+def test_text_ids_outside_the_vocabulary_are_named_and_meta_shapes_still_work() -> None:
+    # Prepare
+    bundle = build_encoder(TINY_ENCODER)
+    tok = build_tokenizer(ModalitySpec("text", (6,)), ModelConfig(encoder=TINY_ENCODER), bundle)
+    vocab = tok.words.num_embeddings
+    # Execute / Assert: a foreign tokenizer's ids stop with a clear error ...
+    with pytest.raises(ModelError, match=f"outside the encoder's vocabulary of {vocab}"):
+        tok(torch.full((2, 6), vocab, dtype=torch.long))
+    # ... while shape-only passes on the meta device (cost and scaling tables) skip the check
+    meta = copy.deepcopy(tok).to("meta")
+    assert meta(torch.zeros(2, 6, dtype=torch.long, device="meta")).shape == (2, 6, 32)
 
 
 @pytest.mark.parametrize("k", [0, 1, 4])

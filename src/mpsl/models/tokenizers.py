@@ -114,7 +114,7 @@ class TextTokenizer(nn.Module):
         self.norm = norm
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if ids.numel() and int(ids.max()) >= self.words.num_embeddings:
+        if ids.numel() and not ids.is_meta and int(ids.max()) >= self.words.num_embeddings:
             raise ModelError(f"text token id {int(ids.max())} is outside the encoder's vocabulary of "
                              f"{self.words.num_embeddings}: data.text_tokenizer must be the encoder's own tokenizer")
         tokens = self.words(ids) + self.pos[:, : ids.shape[1]]  # [b, L, D]
