@@ -233,3 +233,23 @@ def test_partition_report_prints_client_histograms_and_saves_a_heatmap(tmp_path:
     assert [int(r[0]) for r in rows] == [0, 1, 2]  # TINY: 3 clients
     assert sum(int(r[1]) for r in rows) == 96 and all(int(r[1]) == sum(map(int, r[2:])) for r in rows)
     assert (tmp_path / "h.png").stat().st_size > 5_000
+
+
+def test_partition_report_of_retrieval_shards_gives_sizes_and_refuses_a_label_heatmap(tmp_path: Path) -> None:
+    # Prepare: Flickr30k fixture, random equal shards over 2 clients
+    from tests.data.fixtures import FIXTURES
+
+    fx = FIXTURES["flickr30k"](tmp_path / "flickr")
+    config = tmp_path / "r.yaml"
+    config.write_text("partition: {kind: shards, min_size: 1}\nnum_clients: 2\n")
+    args = ["data.name=flickr30k", f"data.root={tmp_path / 'flickr'}", f"data.cache_dir={tmp_path / 'c'}"]
+
+    # Execute
+    proc = _mpsl("data", "partition-report", str(config), *args, cwd=tmp_path)
+    heat = _mpsl("data", "partition-report", str(config), *args, "--heatmap", "h.png", cwd=tmp_path)
+
+    # Assert
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert rows == [["0", str(fx.train // 2)], ["1", str(fx.train // 2)]]  # sizes, no label columns
+    assert heat.returncode == 2 and "no labels" in heat.stderr

@@ -144,8 +144,10 @@ def _data(args: argparse.Namespace) -> None:
 
     _import_plugins(args.imports)
     cfg = load_config(args.config, args.overrides)
-    counts, holdings = client_histograms(cfg)
-    print(report_text(counts, cfg, holdings))
+    counts, holdings, sizes = client_histograms(cfg)
+    print(report_text(counts, cfg, holdings, sizes))
+    if args.heatmap and counts.shape[1] == 0:
+        raise MpslError(f"--heatmap: {cfg.data.name} has no labels to draw (retrieval); the sizes are above")
     if args.heatmap:
         title = f"{cfg.data.name}: {cfg.partition.kind} partition over {cfg.num_clients} clients"
         print(f"wrote {heatmap(counts, Path(args.heatmap), title)}")
@@ -230,8 +232,9 @@ def _list(args: argparse.Namespace) -> None:
     from mpsl.experiment.methods import METHODS
     from mpsl.models import ENCODERS, FUSIONS, PRESETS, TOKENIZERS
 
+    width = max(map(len, DATASETS))
     for name in DATASETS:
-        print(f"dataset    {name:<14} {DATASETS.get(name).summary}")
+        print(f"dataset    {name:<{width}} {DATASETS.get(name).summary}")
     for title, registry in (("encoder", ENCODERS), ("tokenizer", TOKENIZERS), ("fusion", FUSIONS),
                             ("partition", PARTITIONS), ("method", METHODS), ("preset", PRESETS),
                             ("cost task", COST_TASKS)):

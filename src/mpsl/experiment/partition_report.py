@@ -13,21 +13,22 @@ from mpsl.data.partition import modality_holdings
 FULL_HISTOGRAM_UP_TO = 20  # classes; beyond that a row says how many classes a client has and its largest share
 
 
-def client_histograms(cfg: Config) -> tuple[np.ndarray, list[list[str]]]:
-    """[clients, classes] label counts of the configured partition (retrieval, without labels: one
-    column of sizes), and the modalities each client holds."""
+def client_histograms(cfg: Config) -> tuple[np.ndarray, list[list[str]], list[int]]:
+    """[clients, classes] label counts of the configured partition (retrieval, without labels: no
+    columns), the modalities each client holds, and each client's size."""
     dataset = load_dataset(cfg.data)
     labels = dataset.train.labels.numpy()
     parts = partition(labels, cfg.num_clients, cfg.partition, cfg.seed)
     holdings = modality_holdings(list(dataset.spec.modalities), cfg.num_clients, cfg.partition, cfg.seed)
     classes = dataset.spec.num_classes
-    if classes == 0:
-        return np.asarray([[len(p)] for p in parts]), holdings
-    return np.stack([np.bincount(labels[p], minlength=classes) for p in parts]), holdings
+    counts = np.zeros((len(parts), 0), dtype=np.int64) if classes == 0 else \
+        np.stack([np.bincount(labels[p], minlength=classes) for p in parts])  # [clients, classes]
+    return counts, holdings, [len(p) for p in parts]
 
 
-def report_text(counts: np.ndarray, cfg: Config, holdings: list[list[str]] | None = None) -> str:
-    sizes = counts.sum(axis=1)
+def report_text(counts: np.ndarray, cfg: Config, holdings: list[list[str]] | None = None,
+                sizes: list[int] | None = None) -> str:
+    sizes = counts.sum(axis=1) if sizes is None else np.asarray(sizes)
     lines = [f"{cfg.data.name}: {int(sizes.sum())} training samples over {len(sizes)} clients, "
              f"partition {cfg.partition.kind}" + (f" (alpha {cfg.partition.alpha:g})"
                                                   if cfg.partition.kind in ("dirichlet", "quantity") else ""),
