@@ -83,9 +83,11 @@ def cluster(tmp_path: Path):
         c.stop_all()
 
 
-def test_three_client_processes_train_the_same_model_as_the_in_process_runtime(cluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize("missing", ["0.0", "0.67"], ids=["all-modalities", "two-clients-hold-one"])
+def test_three_client_processes_train_the_same_model_as_the_in_process_runtime(cluster, tmp_path: Path,
+                                                                              missing: str) -> None:
     # Prepare
-    net = cluster("train.epochs=2", "deploy.min_participants=3")
+    net = cluster("train.epochs=2", "deploy.min_participants=3", f"partition.missing_fraction={missing}")
 
     # Execute
     net.server()
@@ -97,6 +99,7 @@ def test_three_client_processes_train_the_same_model_as_the_in_process_runtime(c
     assert codes == [0, 0, 0, 0], net.log("server")
     cfg = load_config(None, net.overrides)
     reference = Mpsl(cfg, load_dataset(cfg.data))
+    assert sum(len(c.data.modalities) == 1 for c in reference.clients) == round(3 * float(missing))
     for epoch in range(cfg.train.epochs):
         reference.train_round(epoch, progress=False)
     run = tmp_path / "runs" / "net"
