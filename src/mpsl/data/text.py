@@ -73,12 +73,16 @@ def encode_sentences(sentences: Sequence[str], cfg: DataConfig, kind: str = "tex
 @lru_cache(maxsize=2)
 def _sentence_model(path: str):
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the dataset's own progress bar is the one to watch
     try:
         return AutoModel.from_pretrained(path, local_files_only=True).eval()
     except (OSError, ValueError) as exc:
         raise DataError(f"data.text_tokenizer: cannot load a sentence encoder from {path}: "
                         f"{str(exc).splitlines()[0]}") from None
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def sentence_vectors(sentences: Sequence[str], cfg: DataConfig) -> np.ndarray:
