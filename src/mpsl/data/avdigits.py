@@ -11,9 +11,6 @@ hopeless in one modality is usually readable in the other.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 import zipfile
 from dataclasses import asdict, dataclass
@@ -24,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mpsl.data.audio import log_mel_spectrogram
+from mpsl.data.folders import build_folder
 from mpsl.data.mnist import load_mnist
 from mpsl.data.speech import SAMPLE_RATE, Voice, default_voices, synthesize
 
@@ -114,16 +112,12 @@ def prepare(
     start = time.perf_counter()
     arrays, meta = _build(seed, train_size, test_size, DEFAULT_DEGRADATION, progress)
     meta["build_seconds"] = round(time.perf_counter() - start, 2)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
-    try:
+
+    def fill(tmp: Path) -> None:
         _save_npz(tmp / "data.npz", arrays)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        _move_into_place(tmp, target, force)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    build_folder(target, fill, _is_complete, replace=force)
     if progress:
         tqdm.write(f"avdigits: prepared {target} in {time.perf_counter() - start:.1f} s")
     return target
@@ -172,25 +166,6 @@ def _validate(arrays: dict[str, np.ndarray], file: Path) -> None:
 def _is_complete(folder: Path) -> bool:
     """A cache folder is usable once both files exist (it only appears fully written)."""
     return (folder / "data.npz").is_file() and (folder / "meta.json").is_file()
-
-
-def _move_into_place(tmp: Path, target: Path, force: bool) -> None:
-    """Atomically rename the finished temp folder to ``target``.
-
-    An existing target is replaced when forced or when it is incomplete (e.g. a
-    file was deleted by hand).
-    """
-    old = None
-    if target.exists() and (force or not _is_complete(target)):
-        old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-        os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        if not _is_complete(target):  # not a concurrent builder that won the race
-            raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _save_npz(file: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from mpsl.config import DataConfig
+from mpsl.data.folders import build_folder
 from mpsl.data.media import normalize_image
 from mpsl.data.spec import Dataset, DatasetSpec, ModalitySpec, SplitData
 from mpsl.errors import DataError
@@ -91,22 +91,23 @@ def cache_key(ds: FileDataset, cfg: DataConfig, root: Path) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def cache_dir(ds: FileDataset, cfg: DataConfig, cache_root: Path) -> Path:
-    return cache_root / ds.name / cache_key(ds, cfg, dataset_root(ds, cfg))
+def cache_dir(ds: FileDataset, cfg: DataConfig, cache_root: Path, root: Path) -> Path:
+    return cache_root / ds.name / cache_key(ds, cfg, root)
 
 
-def _examples(ds: FileDataset, cfg: DataConfig) -> tuple[list[str], dict[str, list[Example]]]:
-    layout = ds.read(dataset_root(ds, cfg), cfg)
+def _examples(ds: FileDataset, cfg: DataConfig, root: Path) -> tuple[list[str], dict[str, list[Example]]]:
+    layout = ds.read(root, cfg)
     sizes = {"train": cfg.train_size, "test": cfg.test_size}
     splits = {s: _limit(getattr(layout, s), sizes[s], cfg.seed) for s in SPLITS}
     for s, examples in splits.items():
         if not examples:
-            raise DataError(f"{ds.name}: no {s} samples found under {dataset_root(ds, cfg)}")
+            raise DataError(f"{ds.name}: no {s} samples found under {root}")
     return layout.classes, splits
 
 
-def _labels(ds: FileDataset, examples: list[Example]) -> np.ndarray:
-    if ds.task == "retrieval":  # every sample is its own image-caption pair
+def _labels(classes: list[str], examples: list[Example]) -> np.ndarray:
+    """[n] class indices; a dataset without classes (retrieval) labels each sample by its position, its pair id."""
+    if not classes:
         return np.arange(len(examples), dtype=np.int64)
     return np.asarray([e.label for e in examples], dtype=np.int64)
 
@@ -161,7 +162,7 @@ def _spec(ds: FileDataset, cfg: DataConfig, classes: list[str]) -> DatasetSpec:
 
 
 def decode_in_memory(ds: FileDataset, cfg: DataConfig, progress: bool = True) -> Dataset:
-    classes, splits = _examples(ds, cfg)
+    classes, splits = _examples(ds, cfg, dataset_root(ds, cfg))
     spec = _spec(ds, cfg, classes)
     data = {}
     for split, examples in splits.items():
@@ -169,26 +170,21 @@ def decode_in_memory(ds: FileDataset, cfg: DataConfig, progress: bool = True) ->
         for _, arrays in _decode_all(ds, cfg, split, examples, spec.modalities, progress):
             for m, a in arrays.items():
                 rows[m].append(a)
-        data[split] = _split_data({m: np.stack(r) for m, r in rows.items()}, _labels(ds, examples), spec.modalities,
-                                  _flip(cfg, split))
+        data[split] = _split_data({m: np.stack(r) for m, r in rows.items()}, _labels(classes, examples),
+                                  spec.modalities, _flip(cfg, split))
     return Dataset(spec, data["train"], data["test"], classes)
 
 
 def build_cache(ds: FileDataset, cfg: DataConfig, cache_root: Path, progress: bool = True) -> Path:
-    """Decode every sample once into memory-mappable .npy files; a finished cache is kept as it is.
-
-    Written into a temporary folder that is renamed when complete, so an interrupted build leaves
-    no half cache behind.
-    """
-    target = cache_dir(ds, cfg, cache_root)
-    if (target / "meta.json").is_file():
+    """Decode every sample once into memory-mappable .npy files; a finished cache is kept as it is."""
+    root = dataset_root(ds, cfg)
+    target = cache_dir(ds, cfg, cache_root, root)
+    if _is_complete(target):
         return target
-    classes, splits = _examples(ds, cfg)
+    classes, splits = _examples(ds, cfg, root)
     spec = _spec(ds, cfg, classes)
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+
+    def fill(tmp: Path) -> None:
         sizes = {}
         for split, examples in splits.items():
             files: dict[str, np.memmap] = {}
@@ -200,18 +196,18 @@ def build_cache(ds: FileDataset, cfg: DataConfig, cache_root: Path, progress: bo
                     files[m][i] = a
             for f in files.values():
                 f.flush()
-            np.save(tmp / f"{split}_labels.npy", _labels(ds, examples))
+            np.save(tmp / f"{split}_labels.npy", _labels(classes, examples))
             sizes[split] = len(examples)
         meta = {"name": ds.name, "classes": classes, "sizes": sizes, "task": ds.task,
                 "modalities": {m: asdict(s) for m, s in spec.modalities.items()},
-                "root": str(dataset_root(ds, cfg)), "version": CACHE_VERSION}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+                "root": str(root), "version": CACHE_VERSION}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # written last: it marks a finished cache
+
+    return build_folder(target, fill, _is_complete)
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "meta.json").is_file()
 
 
 def load_cache(ds: FileDataset, cfg: DataConfig, path: Path) -> Dataset:
@@ -232,10 +228,11 @@ def load_cache(ds: FileDataset, cfg: DataConfig, path: Path) -> Dataset:
 
 def load_files(ds: FileDataset, cfg: DataConfig, cache_root: Path, progress: bool = True) -> Dataset:
     """From the cache when it exists for these settings; otherwise decoded into memory (and a hint)."""
-    path = cache_dir(ds, cfg, cache_root)
-    if (path / "meta.json").is_file():
+    root = dataset_root(ds, cfg)
+    path = cache_dir(ds, cfg, cache_root, root)
+    if _is_complete(path):
         return load_cache(ds, cfg, path)
     if progress:
-        print(f"{ds.name}: decoding from {dataset_root(ds, cfg)} (run `mpsl data cache {ds.name}` once "
+        print(f"{ds.name}: decoding from {root} (run `mpsl data cache {ds.name}` once "
               "to keep the decoded samples memory-mapped for later runs)", flush=True)
     return decode_in_memory(ds, cfg, progress)
