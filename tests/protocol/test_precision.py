@@ -26,7 +26,7 @@ def _step(precision: str, scale: float | None = None):
     tokens = {m: t.detach().requires_grad_(True) for m, t in client.embed(batch.inputs).items()}  # m -> [8, T_m, D]
     outputs = server.forward(tokens)
     upstream = torch.randn(outputs.shape, generator=torch.Generator().manual_seed(1))  # dL/d features
-    server.backward_and_step(outputs, upstream, list(tokens.values()))
+    server.backward_and_step([outputs], [upstream], list(tokens.values()))
     return outputs.detach(), tokens["image"].grad, server, start
 
 

@@ -13,6 +13,7 @@ their traffic is encoded and counted by the same codec:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +58,12 @@ class Weights:
     round: int
     num_samples: int  # samples the sender trained on this round: the FedAvg weight (0 from the server)
     tensors: dict[str, torch.Tensor]  # parameter name -> tensor
+
+
+def fits_modalities(sent: Iterable[str], expected: Sequence[str]) -> bool:
+    """A client sends every modality or, lacking some, a non-empty part of them, in the model's order."""
+    names = list(sent)
+    return bool(names) and names == [m for m in expected if m in names]
 
 
 MESSAGE_TYPES: dict[str, type] = {cls.__name__: cls for cls in (Tokens, Features, FeatureGrad, CutGrad, Weights)}

@@ -38,18 +38,16 @@ class SplitServer:
         with torch.autocast(self.device, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             return self.model(tokens).float()  # [B, M, D] or [B, C]
 
-    def backward_and_step(self, outputs: torch.Tensor | Sequence[torch.Tensor],
-                          grads: torch.Tensor | Sequence[torch.Tensor], inputs: Sequence[torch.Tensor] = ()) -> None:
+    def backward_and_step(self, outputs: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                          inputs: Sequence[torch.Tensor] = ()) -> None:
         """One backward through the encoder for the whole concatenated batch, one optimizer step.
 
-        `outputs` may be several forwards of the same step (client groups holding different
-        modalities); their gradients add up before the single step. With a gradient scaler the
+        `outputs` are the step's forwards (one per group of clients holding the same modalities) and
+        `grads` their upstream gradients; they add up before the single step. With a gradient scaler the
         input gradients (`inputs`, the clients' cut-layer tokens) are unscaled here; on an overflow
         (in the encoder's or the inputs' gradients) the server skips its update and the inputs'
         gradients are zeroed, so no client steps on it either.
         """
-        outputs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
-        grads = [grads] if isinstance(grads, torch.Tensor) else list(grads)
         if self.scaler is None:
             torch.autograd.backward(outputs, grads)
             if self.optimizer is not None:

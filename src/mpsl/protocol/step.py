@@ -22,7 +22,7 @@ import torch
 
 from mpsl.errors import ClientUnavailable, ProtocolError
 from mpsl.protocol.handle import ClientHandle
-from mpsl.protocol.messages import CutGrad, FeatureGrad, Features, Tokens
+from mpsl.protocol.messages import CutGrad, FeatureGrad, Features, Tokens, fits_modalities
 from mpsl.protocol.server import SplitServer
 
 A = TypeVar("A")
@@ -68,7 +68,7 @@ def _group_by_modalities(arrived: list[tuple[ClientHandle, Tokens]], modalities:
     groups: dict[tuple[str, ...], list[int]] = {}
     for k, (h, msg) in enumerate(arrived):
         names = tuple(msg.tokens)
-        if not names or list(names) != [m for m in modalities if m in msg.tokens]:
+        if not fits_modalities(names, modalities):
             raise ProtocolError(f"client {h.client_id} sent modalities {list(names)}, expected {modalities} "
                                 "or a non-empty part of them in that order")
         groups.setdefault(names, []).append(k)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from mpsl.errors import ProtocolError
 from mpsl.protocol import FeatureGrad, Tokens
+from mpsl.protocol.messages import fits_modalities
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class Expected:
             raise ProtocolError(f"tokens claim client {msg.client_id}, the connection is client {client_id}")
         if msg.step != step:
             raise ProtocolError(f"tokens for step {msg.step}, the server asked for step {step}")
-        if not msg.tokens or list(msg.tokens) != [m for m in self.tokens if m in msg.tokens]:
+        if not fits_modalities(msg.tokens, list(self.tokens)):
             raise ProtocolError(f"modalities {list(msg.tokens)}, expected {list(self.tokens)} "
                                 "or a non-empty part of them (a client lacking a modality) in that order")
         sizes = set()
