@@ -40,7 +40,8 @@ def report_text(counts: np.ndarray, cfg: Config, holdings: list[list[str]] | Non
         lines.append("client  samples  classes  largest class share")
         lines += [f"{k:>6}  {sizes[k]:>7}  {np.count_nonzero(row):>7}  {row.max() / max(sizes[k], 1):>18.1%}"
                   for k, row in enumerate(counts)]
-    partial = {k: held for k, held in enumerate(holdings or []) if len(held) < max(map(len, holdings or [[]]))}
+    most = max(map(len, holdings or [[]]))
+    partial = {k: held for k, held in enumerate(holdings or []) if len(held) < most}
     if partial:
         lines.append(f"{len(partial)} of {len(sizes)} clients hold one modality: "
                      + ", ".join(f"client {k} {'+'.join(held)}" for k, held in partial.items()))

@@ -31,8 +31,7 @@ def _metric(r: dict[str, Any]) -> str:
 def _score_keys(results: Results) -> list[str]:
     """The task's test metrics, in the order the task reports them (accuracy; or Recall@K both ways + mean)."""
     final = results[0]["final"]
-    return [k for k in final if k.startswith("test_") and not k.endswith("_only") and "personalized" not in k
-            and isinstance(final[k], float | int)]
+    return [k for k in final if k.startswith("test_") and not k.endswith("_only") and "personalized" not in k]
 
 
 def _score_label(key: str) -> str:
