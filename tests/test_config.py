@@ -134,3 +134,24 @@ def test_proportional_client_batches_finish_together() -> None:
     assert max(steps_needed) == -(-sum(shards) // 10)  # the centralized number of steps
     assert sizes[0] > sizes[2] > sizes[1] >= 1
     assert sum(sizes) <= 10 + len(shards)  # about B per step
+
+
+def test_the_default_cache_follows_xdg_cache_home(tmp_path, monkeypatch) -> None:
+    from mpsl.config import DataConfig
+    from mpsl.data.sources import cache_root
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    assert cache_root(DataConfig()) == tmp_path / "mpsl"
+    assert cache_root(DataConfig(cache_dir=str(tmp_path / "own"))) == tmp_path / "own"
+
+
+def test_a_dataset_of_known_size_refuses_too_many_clients_before_preparing_it(tmp_path) -> None:
+    from mpsl.errors import ConfigError
+    from mpsl.experiment.run import check_names
+
+    cfg = load_config(None, ["num_clients=1000", f"data.cache_dir={tmp_path}"])  # avdigits: 4,000 samples
+
+    with pytest.raises(ConfigError, match="num_clients: 1000 clients"):
+        check_names(cfg)
+    assert not any(tmp_path.iterdir())  # nothing was prepared

@@ -22,7 +22,7 @@ from mpsl.errors import ConfigError
 class DataConfig:
     name: str = "avdigits"
     root: str | None = None  # the folder holding a dataset in its official layout (the paper's datasets)
-    cache_dir: str | None = None  # None: ~/.cache/mpsl
+    cache_dir: str | None = None  # None: $XDG_CACHE_HOME/mpsl, else ~/.cache/mpsl
     # samples per split: avdigits builds this many (None: 4000 / 1000); file datasets keep a seeded random
     # subset of this size (None: all of them)
     train_size: int | None = None
@@ -354,12 +354,8 @@ def validate(cfg: Config) -> None:
     _require(0.0 <= cfg.partition.missing_fraction <= 1.0, "partition.missing_fraction", "must be in [0, 1]")
     _require(cfg.partition.alpha > 0, "partition.alpha", f"must be positive, got {cfg.partition.alpha}")
     _require(cfg.partition.min_size >= 1, "partition.min_size", "must be at least 1")
-    _require(
-        cfg.data.train_size is None or cfg.num_clients * cfg.partition.min_size <= cfg.data.train_size,
-        "num_clients",
-        f"{cfg.num_clients} clients x partition.min_size {cfg.partition.min_size} needs more than "
-        f"data.train_size={cfg.data.train_size} samples",
-    )
+    if cfg.data.train_size is not None:
+        check_clients_fit(cfg, cfg.data.train_size)
     enc = cfg.model.encoder
     _require(enc.trainable_blocks is None or enc.trainable_blocks >= 0, "model.encoder.trainable_blocks",
              "must be 0 or more")
@@ -392,6 +388,13 @@ def validate(cfg: Config) -> None:
     per_round = cfg.fl.clients_per_round
     _require(per_round is None or 1 <= per_round <= cfg.num_clients, "fl.clients_per_round",
              f"must be between 1 and num_clients={cfg.num_clients}, got {per_round}")
+
+
+def check_clients_fit(cfg: Config, train_size: int) -> None:
+    """Every client must be able to get partition.min_size samples of the training set."""
+    _require(cfg.num_clients * cfg.partition.min_size <= train_size, "num_clients",
+             f"{cfg.num_clients} clients x partition.min_size {cfg.partition.min_size} needs more than "
+             f"{train_size} training samples")
 
 
 def client_batch_size(cfg: Config, num_clients: int | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ class DatasetSource:
     prepare: Callable[[DataConfig, bool], Path]  # (config, progress) -> cache folder; idempotent
     load: Callable[[DataConfig], Dataset]  # prepares first when the cache is missing
     summary: str
+    default_train_size: int | None = None  # training samples when data.train_size is null, if known unprepared
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")
@@ -28,7 +30,11 @@ FILE_DATASETS: dict[str, FileDataset] = {}  # the DATASETS entries read from fil
 
 
 def cache_root(cfg: DataConfig) -> Path:
-    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else Path.home() / ".cache" / "mpsl"
+    """data.cache_dir, else $XDG_CACHE_HOME/mpsl, else ~/.cache/mpsl."""
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "mpsl"
 
 
 def register_files(ds: FileDataset) -> FileDataset:
@@ -95,6 +101,7 @@ def _avdigits_load(cfg: DataConfig) -> Dataset:
 DATASETS.register("avdigits")(DatasetSource(
     _avdigits_prepare, _avdigits_load,
     "handwritten MNIST digits + spoken digits (espeak-ng/flite), both degraded; 10 classes",
+    AVDIGITS_SIZES[0],
 ))
 
 
@@ -126,4 +133,5 @@ DATASETS.register("synthetic-av")(DatasetSource(
     lambda cfg, progress: cache_root(cfg),
     _synthetic_load,
     "random class prototypes + noise, image 8x8 and audio 8x12; 4 classes; made in memory",
+    SYNTHETIC_SIZES[0],
 ))

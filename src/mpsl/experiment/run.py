@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from mpsl.config import Config, to_dict
+from mpsl.config import Config, check_clients_fit, to_dict
 from mpsl.data import Dataset
 from mpsl.errors import ConfigError, MpslError
 from mpsl.experiment.accounting import client_memory, trainable_parameters, training_flops
@@ -173,11 +173,15 @@ def reusable(cfg: Config, name: str, out_dir: Path) -> dict[str, Any] | None:
 
 
 def check_names(cfg: Config) -> None:
-    """Registry names and optional packages, checked before any data is prepared or model loaded."""
+    """Registry names, optional packages and sizes known in advance, checked before any data is prepared or
+    model loaded."""
     from mpsl.data import DATASETS
     from mpsl.models import ENCODERS
 
-    DATASETS.get(cfg.data.name)
+    source = DATASETS.get(cfg.data.name)
+    known = cfg.data.train_size or source.default_train_size
+    if known is not None:
+        check_clients_fit(cfg, known)
     ENCODERS.get(cfg.model.encoder.source)
     for method in cfg.methods:
         METHODS.get(method)
