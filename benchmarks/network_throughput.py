@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mpsl.config import load_config
 from mpsl.data import load_dataset
-from mpsl.experiment.deployment import expected_shapes
+from mpsl.deploy.common import expected_shapes
 from mpsl.experiment.methods.split_learning import Mpsl
 from mpsl.models import build_split_model
 

@@ -140,7 +140,7 @@ def _data(args: argparse.Namespace) -> None:
         return
     from pathlib import Path
 
-    from mpsl.experiment.partition_report import client_histograms, heatmap, report_text
+    from mpsl.analysis.partition_report import client_histograms, heatmap, report_text
 
     _import_plugins(args.imports)
     cfg = load_config(args.config, args.overrides)
@@ -173,8 +173,8 @@ def _eval(args: argparse.Namespace) -> None:
 
 def _server(args: argparse.Namespace) -> None:
     from mpsl.config import load_config
+    from mpsl.deploy.server_app import serve
     from mpsl.errors import ConfigError
-    from mpsl.experiment.deployment import serve
 
     _import_plugins(args.imports)
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -188,7 +188,7 @@ def _client(args: argparse.Namespace) -> None:
     import asyncio
 
     from mpsl.config import load_config
-    from mpsl.experiment.deployment import run_client
+    from mpsl.deploy.client_app import run_client
 
     _import_plugins(args.imports)
     cfg = load_config(args.config, args.overrides)
@@ -199,8 +199,8 @@ def _client(args: argparse.Namespace) -> None:
 def _cost(args: argparse.Namespace) -> None:
     from pathlib import Path
 
+    from mpsl.analysis.costs import COST_TASKS, all_costs, costs_markdown, costs_table, task_cost
     from mpsl.errors import ConfigError
-    from mpsl.experiment.costs import COST_TASKS, all_costs, costs_markdown, costs_table, task_cost
     from mpsl.models import PRESETS
 
     if args.all:
@@ -221,14 +221,14 @@ def _status(args: argparse.Namespace) -> None:
     import asyncio
     import json
 
-    from mpsl.experiment.deployment import status
+    from mpsl.deploy.server_app import status
 
     print(json.dumps(asyncio.run(status(args.server, args.tls_ca)), indent=2))
 
 
 def _list(args: argparse.Namespace) -> None:
+    from mpsl.analysis.costs import COST_TASKS
     from mpsl.data import DATASETS, PARTITIONS
-    from mpsl.experiment.costs import COST_TASKS
     from mpsl.experiment.methods import METHODS
     from mpsl.models import ENCODERS, FUSIONS, PRESETS, TOKENIZERS
 

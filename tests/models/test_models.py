@@ -10,8 +10,8 @@ from mpsl.config import EncoderConfig, ModelConfig, TokenizerConfig
 from mpsl.data import DatasetSpec, ModalitySpec
 from mpsl.errors import ConfigError, ModelError
 from mpsl.models import ENCODERS, FUSIONS, POOLINGS, TOKENIZERS, build_encoder, build_split_model
-from mpsl.models.encoder import minilm_dir
 from mpsl.models.tokenizers import build_tokenizer
+from mpsl.packaged import minilm_dir
 
 TINY_ENCODER = EncoderConfig(source="random", width=32, depth=4, heads=2)
 SHAPES = {"image": (3, 16, 16), "audio": (1, 16, 24), "text": (6,), "sentence": (2, 20), "clip-text": (2, 8)}

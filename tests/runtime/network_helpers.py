@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import grpc
 
 from mpsl.config import Config
-from mpsl.experiment.deployment import NetworkThread, ServerRuntime
+from mpsl.deploy.common import NetworkThread
+from mpsl.deploy.server_app import ServerApp
 from mpsl.runtime.network import mpsl_pb2 as pb
 from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
 
@@ -24,11 +25,11 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """ServerRuntime on 127.0.0.1 in its own event loop thread; its SplitServer stays inspectable."""
+    """ServerApp on 127.0.0.1 in its own event loop thread; its SplitServer stays inspectable."""
 
     def __init__(self, cfg: Config, tokens_file: str | None = None) -> None:
         self.port = free_port()
-        self.runtime = ServerRuntime(cfg, f"127.0.0.1:{self.port}", False, tokens_file, None)
+        self.runtime = ServerApp(cfg, f"127.0.0.1:{self.port}", False, tokens_file, None)
         self.network = NetworkThread()
         self.network.run(self.runtime.start(), timeout=60)
         self.training = threading.Thread(target=self.runtime.trainer.run, daemon=True)

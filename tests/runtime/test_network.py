@@ -150,8 +150,8 @@ def test_chunks_rejoin_to_the_same_frame() -> None:
 def test_status_reports_progress_and_the_connected_clients(server) -> None:
     import asyncio
 
+    from mpsl.deploy.server_app import status
     from mpsl.errors import MpslError
-    from mpsl.experiment.deployment import status
     from tests.runtime.network_helpers import free_port
 
     rogue = RogueClient(server.port)

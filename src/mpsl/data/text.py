@@ -18,6 +18,7 @@ import numpy as np
 
 from mpsl.config import DataConfig
 from mpsl.errors import ConfigError, DataError
+from mpsl.packaged import minilm_dir
 
 TEXT_KINDS = ("text", "clip-text", "sentence")
 MIN_VOCAB = 1000  # offline, a hub id can yield a near-empty tokenizer without raising: refuse those
@@ -38,8 +39,6 @@ def _default_dir(kind: str) -> Path:
     if kind == "clip-text":
         raise ConfigError("data.text_tokenizer: clip-text needs the path of a local CLIP directory "
                           "(the same as model.text_encoder)")
-    from mpsl.models.encoder import minilm_dir
-
     return minilm_dir()
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mpsl.checkpoints import load_checkpoint
 from mpsl.config import from_dict
 from mpsl.data import Dataset, load_dataset
 from mpsl.errors import MpslError
-from mpsl.experiment.checkpoints import load_checkpoint
 from mpsl.experiment.evaluate import evaluate, modality_ablations
 from mpsl.experiment.run import load_results
 from mpsl.models import WholeModel, build_split_model

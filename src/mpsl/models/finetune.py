@@ -1,4 +1,7 @@
-"""What of the server's encoder trains: the last k blocks (paper), nothing, or LoRA adapters (peft)."""
+"""What of the server's encoder trains: the last k blocks (paper), nothing, or LoRA adapters (peft).
+
+`build_encoder` loads the configured encoder and applies its policy: the one way an encoder is made.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from torch import nn
 
 from mpsl.config import EncoderConfig
 from mpsl.errors import ConfigError
-from mpsl.models.encoder import SharedEncoder
+from mpsl.models.encoder import ENCODERS, EncoderBundle, SharedEncoder
 from mpsl.registry import Registry
 
 FINETUNING: Registry[Callable[[SharedEncoder, EncoderConfig], None]] = Registry("fine-tuning policy")
@@ -41,3 +44,9 @@ def lora(encoder: SharedEncoder, cfg: EncoderConfig) -> None:
     inject_adapter_in_model(config, encoder.blocks)
     for name, p in encoder.named_parameters():
         p.requires_grad_("lora_" in name)
+
+
+def build_encoder(cfg: EncoderConfig) -> EncoderBundle:
+    bundle = ENCODERS.get(cfg.source)(cfg)
+    FINETUNING.get(cfg.finetune)(bundle.encoder, cfg)
+    return bundle

@@ -21,15 +21,15 @@ POOLINGS: Registry[Pooling] = Registry("pooling")
 POOLINGS.register("cls")(lambda out: out[:, 0])
 POOLINGS.register("mean")(lambda out: out.mean(dim=1))
 
-Features = tuple[torch.Tensor, list[str]]  # [B, R, D] feature rows, and the modality each row comes from
+FusedRows = tuple[torch.Tensor, list[str]]  # [B, R, D] feature rows, and the modality each row comes from
 # (encoder, modality -> tokens [B, T_m, D] in fusion order, pooling, modalities whose tokens are sentences)
-Fusion = Callable[[SharedEncoder, dict[str, torch.Tensor], Pooling, set[str]], Features]
+Fusion = Callable[[SharedEncoder, dict[str, torch.Tensor], Pooling, set[str]], FusedRows]
 FUSIONS: Registry[Fusion] = Registry("fusion")
 
 
 @FUSIONS.register("early")
 def early_fusion(encoder: SharedEncoder, tokens: dict[str, torch.Tensor], pool: Pooling,
-                 sentences: set[str]) -> Features:
+                 sentences: set[str]) -> FusedRows:
     """Concatenate modality tokens into one sequence so modalities attend to each other."""
     parts = list(tokens.values())
     joint = encoder(torch.cat(parts, dim=1))  # [B, sum T_m, D]
@@ -39,14 +39,14 @@ def early_fusion(encoder: SharedEncoder, tokens: dict[str, torch.Tensor], pool: 
 
 @FUSIONS.register("late")
 def late_fusion(encoder: SharedEncoder, tokens: dict[str, torch.Tensor], pool: Pooling,
-                sentences: set[str]) -> Features:
+                sentences: set[str]) -> FusedRows:
     """Each modality through the shared encoder on its own; only the pooled features meet."""
     return torch.stack([pool(encoder(t)) for t in tokens.values()], dim=1), list(tokens)  # [B, M, D]
 
 
 @FUSIONS.register("dual")
 def dual_fusion(encoder: SharedEncoder, tokens: dict[str, torch.Tensor], pool: Pooling,
-                sentences: set[str]) -> Features:
+                sentences: set[str]) -> FusedRows:
     """Retrieval: every modality embedded on its own, and a sentence modality (one token per sentence,
     e.g. five captions) gives one embedding per sentence, so each can be scored against the image."""
     rows: list[torch.Tensor] = []

@@ -12,7 +12,8 @@ from torch import nn
 from mpsl.config import ModelConfig
 from mpsl.data.spec import DatasetSpec
 from mpsl.models.adapters import ADAPTERS
-from mpsl.models.encoder import EncoderBundle, SharedEncoder, build_encoder
+from mpsl.models.encoder import EncoderBundle, SharedEncoder
+from mpsl.models.finetune import build_encoder
 from mpsl.models.fusion import FUSIONS, POOLINGS
 from mpsl.models.heads import build_head
 from mpsl.models.tokenizers import build_tokenizer

@@ -11,8 +11,8 @@ from torch import nn
 from mpsl.config import ModelConfig
 from mpsl.data.spec import ModalitySpec
 from mpsl.errors import ConfigError, ModelError
-from mpsl.models.checkpoints import PatchEmbedding
 from mpsl.models.encoder import EncoderBundle
+from mpsl.models.layouts import PatchEmbedding
 from mpsl.registry import Registry
 
 

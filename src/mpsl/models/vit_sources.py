@@ -9,8 +9,8 @@ from torch import nn
 
 from mpsl.config import EncoderConfig
 from mpsl.errors import ConfigError, ModelError
-from mpsl.models.checkpoints import LAYOUTS, VitWeights, read_state_dict
 from mpsl.models.encoder import ENCODERS, EncoderBundle, SharedEncoder
+from mpsl.models.layouts import LAYOUTS, VitWeights, read_state_dict
 from mpsl.models.presets import PRESETS
 from mpsl.models.vit import ViTBlock
 

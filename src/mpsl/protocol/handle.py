@@ -14,6 +14,14 @@ from mpsl.protocol.messages import CutGrad, FeatureGrad, Features, Tokens
 class ClientHandle(Protocol):
     client_id: int
 
+    @property
+    def epoch(self) -> int | None:
+        """The epoch the client was last started on; None before its first."""
+
+    @property
+    def exhausted(self) -> bool:
+        """True once the client has said its data for this epoch is used up."""
+
     def start_epoch(self, epoch: int) -> None:
         """Reshuffle local data; the client takes part in steps until its data runs out."""
 

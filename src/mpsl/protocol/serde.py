@@ -152,9 +152,16 @@ def framing_nbytes(frame: bytes) -> int:
     return _PREFIX.size + _PREFIX.unpack_from(frame)[2]
 
 
+def element_bytes(wire_dtype: str = "float32") -> int:
+    """Bytes of one tensor element on the wire: the one place a size per element is looked up."""
+    if wire_dtype not in DTYPES:
+        raise ProtocolError(f"wire dtype {wire_dtype!r} is not one of {', '.join(DTYPES)}")
+    return torch.empty((), dtype=DTYPES[wire_dtype]).element_size()
+
+
 def payload_nbytes(msg: Any, wire_dtype: str = "float32") -> int:
     """numel x element size of every tensor in a message: what must cross the wire, without framing."""
-    size = torch.empty((), dtype=DTYPES[wire_dtype]).element_size()
+    size = element_bytes(wire_dtype)
     total = 0
     for f in dataclasses.fields(msg):
         value = getattr(msg, f.name)

@@ -19,12 +19,19 @@ class InProcessHandle:
         self.client_id = client.client_id
         self.codec = codec or Codec()
         self.traffic = Traffic()
+        self.exhausted = False
+
+    @property
+    def epoch(self) -> int | None:
+        return self.client.epoch
 
     def start_epoch(self, epoch: int) -> None:
         self.client.start_epoch(epoch)
+        self.exhausted = False
 
     def embed(self, step: int) -> Tokens | None:
         msg = self.client.embed(step)
+        self.exhausted = msg is None
         return None if msg is None else carry(self.codec, self.traffic, msg, "up")
 
     def features(self, msg: Features) -> FeatureGrad:

@@ -7,7 +7,7 @@ A method owns how training is spread over parties and what crosses the network; 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -15,9 +15,9 @@ import torch
 from tqdm import tqdm
 
 from mpsl.config import Config
-from mpsl.data import Dataset, SplitData, partition
-from mpsl.data.partition import modality_holdings
+from mpsl.data import Dataset
 from mpsl.models import ClientModel, WholeModel, build_split_model
+from mpsl.parties import adam
 from mpsl.registry import Registry
 from mpsl.runtime import Traffic
 from mpsl.tasks import TASKS, Task
@@ -110,39 +110,6 @@ def register(cls: type[MethodT]) -> type[MethodT]:
 def progress_bar(label: str, total: int, progress: bool) -> tqdm:
     """One bar per method and epoch (or round), gone when it is done."""
     return tqdm(total=total, desc=label, unit="step", disable=not progress, leave=False, dynamic_ncols=True)
-
-
-def client_shards(cfg: Config, dataset: Dataset) -> list[SplitData]:
-    """Each of num_clients clients holds one partition of the training set, of the modalities it has
-    (the same for every method)."""
-    parts = partition(dataset.train.labels.numpy(), cfg.num_clients, cfg.partition, cfg.seed)
-    holdings = modality_holdings(list(dataset.spec.modalities), cfg.num_clients, cfg.partition, cfg.seed)
-    return [dataset.train.subset(torch.from_numpy(p)).only(held) for p, held in zip(parts, holdings, strict=True)]
-
-
-def client_seed(cfg: Config, k: int) -> int:
-    """Client k's data-order seed: the same for client k under every method."""
-    return cfg.seed * 1009 + k
-
-
-ParamGroup = tuple[Iterable[torch.nn.Parameter], float]  # parameters and their learning rate
-
-
-def adam(groups: Iterable[ParamGroup], weight_decay: float) -> torch.optim.Optimizer | None:
-    """Adam over the trainable parameters, one learning rate per group; None if nothing trains.
-
-    The fused kernel: an FL client steps its whole trainable model every mini-batch of ceil(B/N)
-    samples, where the unfused update costs about as much as the forward and backward.
-    """
-    param_groups = [{"params": trainable, "lr": lr}
-                    for params, lr in groups if (trainable := [p for p in params if p.requires_grad])]
-    return torch.optim.Adam(param_groups, weight_decay=weight_decay, fused=True) if param_groups else None
-
-
-def step_lr(opt: torch.optim.Optimizer | None, cfg: Config) -> torch.optim.lr_scheduler.LRScheduler | None:
-    if opt is None:
-        return None
-    return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.train.lr_step, gamma=cfg.train.lr_gamma)
 
 
 def whole_model_adam(model: WholeModel, cfg: Config) -> torch.optim.Optimizer | None:

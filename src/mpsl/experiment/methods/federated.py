@@ -23,14 +23,13 @@ from mpsl.experiment.averaging import WeightedAverage, load_trainable, trainable
 from mpsl.experiment.methods.base import (
     Method,
     RoundStats,
-    client_seed,
-    client_shards,
     progress_bar,
     register,
     whole_model_adam,
 )
 from mpsl.experiment.methods.local import local_epoch
 from mpsl.models import WholeModel
+from mpsl.parties import client_seed, client_shards
 from mpsl.protocol import Codec, Weights
 from mpsl.runtime import Traffic, carry
 from mpsl.tasks import Task

@@ -10,13 +10,12 @@ from mpsl.data import Dataset, SplitData
 from mpsl.experiment.methods.base import (
     Method,
     RoundStats,
-    client_seed,
     progress_bar,
     register,
-    step_lr,
     whole_model_adam,
 )
 from mpsl.models import WholeModel
+from mpsl.parties import client_seed, step_lr
 from mpsl.runtime import Traffic
 from mpsl.tasks import Task
 

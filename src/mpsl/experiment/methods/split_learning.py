@@ -11,29 +11,18 @@ from __future__ import annotations
 import copy
 
 from mpsl.config import Config, client_batch_sizes
-from mpsl.data import Dataset, SplitData
+from mpsl.data import Dataset
 from mpsl.experiment.averaging import WeightedAverage, fedavg, load_trainable, trainable_state
 from mpsl.experiment.methods.base import (
     Method,
     RoundStats,
-    adam,
-    client_seed,
-    client_shards,
     progress_bar,
     register,
-    step_lr,
 )
-from mpsl.models import ClientModel, ServerModel, WholeModel
-from mpsl.protocol import Codec, SplitClient, SplitServer, Weights, mpsl_step
+from mpsl.models import ClientModel, WholeModel
+from mpsl.parties import client_shards, split_client, split_server
+from mpsl.protocol import Codec, SplitClient, Weights, mpsl_step
 from mpsl.runtime import InProcessHandle, Traffic, carry
-from mpsl.tasks import Task
-
-
-def split_client(cfg: Config, k: int, shard: SplitData, batch: int, template: ClientModel, task: Task) -> SplitClient:
-    """Client k as every runtime builds it: a copy of the template, its own Adam, its own data order."""
-    model = copy.deepcopy(template)
-    opt = adam([(model.parameters(), cfg.train.client_lr)], cfg.train.weight_decay)
-    return SplitClient(k, model, shard, task, batch, opt, step_lr(opt, cfg), client_seed(cfg, k))
 
 
 def _clients(method: Method) -> list[SplitClient]:
@@ -41,11 +30,6 @@ def _clients(method: Method) -> list[SplitClient]:
     batches = client_batch_sizes(method.cfg, [len(s) for s in shards])
     return [split_client(method.cfg, k, shard, batch, method.client_template, method.task)
             for k, (shard, batch) in enumerate(zip(shards, batches, strict=True))]
-
-
-def split_server(model: ServerModel, cfg: Config) -> SplitServer:
-    opt = adam([(model.parameters(), cfg.train.server_lr)], cfg.train.weight_decay)
-    return SplitServer(model, opt, step_lr(opt, cfg), cfg.model.precision)
 
 
 @register

@@ -12,17 +12,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from mpsl.analysis.flops import count_flops
 from mpsl.config import Config, load_config
 from mpsl.data import DatasetSpec, ModalitySpec
 from mpsl.models import PRESETS, build_split_model, example_inputs, random_encoder_overrides
-from mpsl.protocol.serde import DTYPES
+from mpsl.protocol.serde import element_bytes
 from mpsl.registry import Registry
 
 CLIP_TEXT_DIM = 512  # the paper's text tokens: CLIP sentence vectors, zero-padded to the width
 MELS = 128  # AST: 128-bin Kaldi fbank, 10 ms frames
-ATTENTION_OPS = ("bmm", "scaled_dot_product")  # attention matmuls: eager (bmm) or fused kernels
+FP32 = element_bytes("float32")
 
 
 @dataclass(frozen=True)
@@ -68,21 +68,10 @@ def _config(preset: str, task: CostTask) -> Config:
                        ).replace(**random_encoder_overrides(preset))
 
 
-def _counted(fn: Any) -> tuple[Any, float, float]:
-    """(result, FLOPs, FLOPs without attention matmuls) of fn()."""
-    with FlopCounterMode(display=False) as counter:
-        result = fn()
-    ops = counter.get_flop_counts().get("Global", {})
-    total = sum(ops.values())
-    attention = sum(v for op, v in ops.items() if any(a in str(op) for a in ATTENTION_OPS))
-    return result, float(total), float(total - attention)
-
-
 def task_cost(preset: str, task_name: str, wire_dtype: str = "float16") -> dict[str, Any]:
     """Per-sample forward FLOPs of each side, MPSL bytes per sample, and the FL payload per round."""
     task = COST_TASKS.get(task_name)
-    if wire_dtype not in DTYPES:
-        raise ValueError(f"wire dtype {wire_dtype!r} is not one of {', '.join(DTYPES)}")
+    size = element_bytes(wire_dtype)
     cfg = _config(preset, task)
     spec = DatasetSpec(task_name, task.modalities, task.num_classes or 1)
     with torch.device("meta"):
@@ -90,24 +79,25 @@ def task_cost(preset: str, task_name: str, wire_dtype: str = "float16") -> dict[
         if task.num_classes is None:
             client.head = nn.Identity()  # retrieval: the client's loss reads the embeddings directly
         inputs = example_inputs(spec)  # one sample of each modality
-        tokens, c_fwd, c_fwd_na = _counted(lambda: client.embed(inputs))  # m -> [1, T_m, D]
-        features, s_fwd, s_fwd_na = _counted(lambda: server(tokens))  # [1, M, D]
-        _, h_fwd, h_fwd_na = _counted(lambda: client.head(features))
-    client_flops, client_na = c_fwd + h_fwd, c_fwd_na + h_fwd_na
+        tokens, c_fwd = count_flops(lambda: client.embed(inputs))  # m -> [1, T_m, D]
+        features, s_count = count_flops(lambda: server(tokens))  # [1, M, D]
+        _, h_fwd = count_flops(lambda: client.head(features))
+    client_count = c_fwd + h_fwd
+    client_flops, client_na = client_count.total, client_count.without_attention
+    s_fwd, s_fwd_na = s_count.total, s_count.without_attention
     cut = sum(t.numel() for t in tokens.values())  # tokens up, their gradient down
     feats = features.numel()  # features down, their gradient up
-    size = torch.empty((), dtype=DTYPES[wire_dtype]).element_size()
     trainable = sum(p.numel() for m in (client, server) for p in m.parameters() if p.requires_grad)
-    fl_round = 2 * 4 * trainable  # the trainable model down and up, fp32
-    per_sample_fp32 = 4 * 2 * (cut + feats)  # up + down
+    fl_round = 2 * FP32 * trainable  # the trainable model down and up, fp32
+    per_sample_fp32 = FP32 * 2 * (cut + feats)  # up + down
     return {
         "preset": preset, "task": task_name, "tokens": {m: t.shape[1] for m, t in tokens.items()},
         "client_gflop": client_flops / 1e9, "server_gflop": s_fwd / 1e9, "total_gflop": (client_flops + s_fwd) / 1e9,
         "total_over_client": (client_flops + s_fwd) / client_flops,
         "total_over_client_no_attention": (client_na + s_fwd_na) / client_na,
-        "bytes_up_fp32": 4 * (cut + feats), "bytes_down_fp32": 4 * (cut + feats),
+        "bytes_up_fp32": FP32 * (cut + feats), "bytes_down_fp32": FP32 * (cut + feats),
         f"bytes_up_{wire_dtype}": size * (cut + feats), f"bytes_down_{wire_dtype}": size * (cut + feats),
-        "fl_bytes_per_round_each_way": 4 * trainable,
+        "fl_bytes_per_round_each_way": FP32 * trainable,
         "break_even_samples": fl_round / per_sample_fp32,
     }
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mpsl.analysis.accounting import client_memory, training_flops
+from mpsl.analysis.costs import COST_TASKS, task_cost
+from mpsl.analysis.scaling import model_traffic, scaling_table
 from mpsl.data import load_dataset
-from mpsl.experiment.accounting import client_memory, training_flops
 from mpsl.experiment.averaging import trainable_state
-from mpsl.experiment.costs import COST_TASKS, task_cost
 from mpsl.experiment.methods.federated import FedAvg
 from mpsl.experiment.methods.split_learning import Mpsl
-from mpsl.experiment.scaling import model_traffic, scaling_table
 from mpsl.models import PRESETS, WholeModel, build_split_model
 from mpsl.tasks import ClassificationTask
 from tests.helpers import tiny_config

@@ -1,4 +1,4 @@
-"""What a client computes and holds per sample: FLOPs from torch's FlopCounterMode (attention matmuls
+"""What a client computes and holds per sample: FLOPs from `analysis.flops` (attention matmuls
 included) and a memory estimate from the parameters, Adam's state and the tensors autograd saves."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import TypeVar
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from mpsl.analysis.flops import count_flops
 from mpsl.data import SplitData
 from mpsl.models import ClientModel, ServerModel, WholeModel
 from mpsl.tasks import Task
@@ -26,24 +26,19 @@ class Flops:
     server_per_sample: float  # encoder (+ head) forward and backward
 
 
-def _counted(fn: Callable[[], R]) -> tuple[R, int]:
-    with FlopCounterMode(display=False) as counter:
-        result = fn()
-    return result, counter.get_total_flops()
-
-
 def training_flops(client: ClientModel, server: ServerModel, batch: SplitData, task: Task) -> Flops:
     """One training pass split at the cut exactly as the protocol splits it, on copies of the models."""
     client, server = copy.deepcopy(client), copy.deepcopy(server)
-    tokens, c_fwd = _counted(lambda: client.embed(batch.inputs))  # m -> [b, T_m, D]
+    tokens, c_fwd = count_flops(lambda: client.embed(batch.inputs))  # m -> [b, T_m, D]
     cut = {m: t.detach().requires_grad_(True) for m, t in tokens.items()}
-    outputs, s_fwd = _counted(lambda: server(cut))
+    outputs, s_fwd = count_flops(lambda: server(cut))
     features = outputs.detach().requires_grad_(True)
-    _, c_head = _counted(lambda: task.loss(client.head(features), batch.labels).backward())
-    _, s_bwd = _counted(lambda: outputs.backward(features.grad))
-    _, c_bwd = _counted(lambda: torch.autograd.backward([tokens[m] for m in tokens], [cut[m].grad for m in tokens]))
+    _, c_head = count_flops(lambda: task.loss(client.head(features), batch.labels).backward())
+    _, s_bwd = count_flops(lambda: outputs.backward(features.grad))
+    _, c_bwd = count_flops(lambda: torch.autograd.backward([tokens[m] for m in tokens],
+                                                           [cut[m].grad for m in tokens]))
     n = len(batch)
-    return Flops((c_fwd + c_head + c_bwd) / n, (s_fwd + s_bwd) / n)
+    return Flops((c_fwd + c_head + c_bwd).total / n, (s_fwd + s_bwd).total / n)
 
 
 def trainable_parameters(module: nn.Module) -> int:

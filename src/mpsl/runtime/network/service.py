@@ -182,6 +182,14 @@ class RemoteHandle:
     def traffic(self) -> Traffic:
         return self.conn.traffic
 
+    @property
+    def epoch(self) -> int | None:
+        return self.conn.epoch
+
+    @property
+    def exhausted(self) -> bool:
+        return self.conn.exhausted
+
     def _call(self, messages: list[pb.ServerMessage], expect: str, step: int,
               shape: tuple[int, ...] | None = None, wait: bool = True) -> Any:
         self.conn.traffic.down += sum(m.ByteSize() for m in messages)

@@ -9,7 +9,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from mpsl.errors import MpslError
-from mpsl.experiment.files import write_atomically
+from mpsl.files import write_atomically
 from mpsl.models import WholeModel
 
 FILES = {"client": "client.safetensors", "server": "server.safetensors"}

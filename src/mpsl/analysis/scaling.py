@@ -17,8 +17,9 @@ import torch
 from mpsl.config import Config
 from mpsl.data import DatasetSpec
 from mpsl.models import PRESETS, WholeModel, build_split_model, example_inputs, random_encoder_overrides
+from mpsl.protocol.serde import element_bytes
 
-FP32 = 4
+FP32 = element_bytes("float32")
 
 
 def model_traffic(cfg: Config, spec: DatasetSpec, samples_per_client: float) -> dict[str, Any]:

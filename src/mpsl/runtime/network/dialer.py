@@ -22,13 +22,13 @@ from mpsl.runtime.network import mpsl_pb2 as pb
 from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
 from mpsl.runtime.network.framing import Reassembler, chunks
 from mpsl.runtime.network.security import AUTH_KEY, CLIENT_ID_KEY
-from mpsl.runtime.network.server import Limits, grpc_options
+from mpsl.runtime.network.service import Limits, grpc_options
 
 FINAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT}
 
 
-class EdgeClient(Protocol):
-    """What the runtime drives on the device: a SplitClient plus its own checkpoints."""
+class ClientApp(Protocol):
+    """What the network drives on the device (deploy.client_app.ClientApp): a SplitClient plus its checkpoints."""
 
     client_id: int
     epoch: int | None
@@ -45,7 +45,7 @@ class EdgeClient(Protocol):
 
 
 class _Session:
-    def __init__(self, client: EdgeClient, codec: Codec, limits: Limits, log: Callable[[str], None]) -> None:
+    def __init__(self, client: ClientApp, codec: Codec, limits: Limits, log: Callable[[str], None]) -> None:
         self.client, self.codec, self.limits, self.log = client, codec, limits, log
 
     def _frames(self, msg: object) -> list[pb.ClientMessage]:
@@ -95,9 +95,8 @@ class _Session:
         raise MpslError(f"the server sent an unknown message {kind!r}")
 
 
-async def run_edge_client(client: EdgeClient, target: str, token: str | None,
-                          credentials: grpc.ChannelCredentials | None, codec: Codec, limits: Limits,
-                          retry_for: float, log: Callable[[str], None]) -> None:
+async def dial(client: ClientApp, target: str, token: str | None, credentials: grpc.ChannelCredentials | None,
+               codec: Codec, limits: Limits, retry_for: float, log: Callable[[str], None]) -> None:
     """Serve the server's requests until it says training is finished."""
     session = _Session(client, codec, limits, log)
     metadata = [(CLIENT_ID_KEY, str(client.client_id))] + ([(AUTH_KEY, f"Bearer {token}")] if token else [])

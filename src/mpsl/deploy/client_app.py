@@ -1,0 +1,114 @@
+"""`mpsl client`: one device's SplitClient over the network, with its own checkpoints.
+
+Clients dial out, train their tokenizers (and head) on local data and never send labels. The party is
+built by `mpsl.parties` exactly as the simulation builds it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from mpsl.checkpoints import save_module
+from mpsl.config import Config, client_batch_size, client_batch_sizes
+from mpsl.data import load_dataset
+from mpsl.deploy.common import (
+    SWITCH_INTERVAL,
+    checkpoint_dir,
+    expected_shapes,
+    limits,
+    load_state,
+    log,
+    log_to_stderr,
+    save_state,
+)
+from mpsl.errors import MpslError
+from mpsl.models import build_split_model
+from mpsl.parties import client_shards, split_client
+from mpsl.protocol import Codec, CutGrad, FeatureGrad, Features, SplitClient, Tokens
+from mpsl.runtime.network.dialer import dial
+from mpsl.runtime.network.security import channel_credentials, read_secret
+from mpsl.tasks import TASKS
+
+
+class ClientApp:
+    """A SplitClient with its own checkpoints: the last two coordinated steps, and its final model."""
+
+    def __init__(self, client: SplitClient, out_dir: Path) -> None:
+        self.client = client
+        self.client_id = client.client_id
+        self.out_dir = out_dir
+
+    @property
+    def epoch(self) -> int | None:
+        return self.client.epoch
+
+    def start_epoch(self, epoch: int) -> None:
+        self.client.start_epoch(epoch)
+
+    def embed(self, step: int) -> Tokens | None:
+        return self.client.embed(step)
+
+    def features(self, msg: Features) -> FeatureGrad:
+        return self.client.features(msg)
+
+    def cut_grad(self, msg: CutGrad) -> None:
+        self.client.cut_grad(msg)
+
+    def end_epoch(self) -> None:
+        self.client.end_epoch()
+
+    def samples(self) -> int:
+        return len(self.client.data)
+
+    def _path(self, step: int) -> Path:
+        return self.out_dir / f"state-{step:09d}.pt"
+
+    def save(self, step: int) -> None:
+        save_state({"step": step, **self.client.state_dict()}, self._path(step))
+        for old in sorted(self.out_dir.glob("state-*.pt"))[:-2]:  # keep the last two
+            old.unlink()
+
+    def restore(self, step: int) -> bool:
+        path = self._path(step)
+        if not path.is_file():
+            return False
+        self.client.load_state_dict(load_state(path))
+        log.info(f"event=restored client={self.client_id} step={step}")
+        return True
+
+    def restore_latest(self) -> int | None:
+        saved = sorted(self.out_dir.glob("state-*.pt"))
+        if not saved:
+            return None
+        state = load_state(saved[-1])
+        self.client.load_state_dict(state)
+        return int(state["step"])
+
+    def finish(self) -> None:
+        save_module(self.client.model, self.out_dir / "client.safetensors")
+
+
+async def run_client(cfg: Config, target: str, client_id: int, resume: bool, token_file: str | None,
+                     ca: str | None, retry_for: float, whole_split: bool = False) -> None:
+    log_to_stderr()
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    if not 0 <= client_id < cfg.num_clients:
+        raise MpslError(f"--client-id {client_id}: must be in 0..{cfg.num_clients - 1} (num_clients)")
+    dataset = load_dataset(cfg.data)
+    if whole_split:  # the device's own data: everything its loader returns, batch ceil(B / N)
+        shard, batch = dataset.train, client_batch_size(cfg)
+    else:  # simulating num_clients devices on one dataset: this client's partition of it
+        shards = client_shards(cfg, dataset)
+        shard, batch = shards[client_id], client_batch_sizes(cfg, [len(s) for s in shards])[client_id]
+    template, _ = build_split_model(cfg.model, dataset.spec, cfg.seed)
+    task = TASKS.get(dataset.spec.task)()
+    app = ClientApp(split_client(cfg, client_id, shard, batch, template, task),
+                          checkpoint_dir(cfg, f"client-{client_id}"))
+    if resume:
+        step = app.restore_latest()
+        log.info(f"event=resumed client={client_id} step={step if step is not None else 'none (no checkpoint)'}")
+    expected = expected_shapes(template, dataset.spec, cfg.deploy.max_client_batch or cfg.train.batch_size)
+    await dial(app, target, read_secret(token_file) if token_file else None,
+                          channel_credentials(ca) if ca else None, Codec(cfg.deploy.wire_dtype),
+                          limits(cfg, expected), retry_for, lambda line: log.info(f"client={client_id} {line}"))

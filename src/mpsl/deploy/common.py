@@ -1,0 +1,89 @@
+"""What both applications share: the shapes a client may send, frame limits, checkpoint files, logging,
+and the event-loop thread that carries gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mpsl.config import Config
+from mpsl.data import DatasetSpec
+from mpsl.errors import MpslError
+from mpsl.files import write_atomically
+from mpsl.models import ClientModel, example_inputs
+from mpsl.protocol.serde import element_bytes
+from mpsl.runtime.network.service import Limits
+from mpsl.runtime.network.validate import Expected
+
+log = logging.getLogger("mpsl.deploy")
+HEADER_SLACK = 64 * 1024  # JSON header of one frame, generously
+# The event loop (network) and the training thread share the GIL; at Python's default 5 ms switch
+# interval every message hop can wait that long for the other thread, which dominates a small step.
+SWITCH_INTERVAL = 1e-4
+
+
+def log_to_stderr() -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def save_state(obj: Any, path: Path) -> None:
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise MpslError(f"checkpoint {path} cannot be read: {str(exc).splitlines()[0]}") from None
+
+
+def expected_shapes(client: ClientModel, spec: DatasetSpec, max_batch: int) -> Expected:
+    """Token counts per modality from one meta-device pass of the client template (no compute, no memory)."""
+    tokens = copy.deepcopy(client).to("meta").embed(example_inputs(spec))  # m -> [1, T_m, D]
+    width = next(iter(tokens.values())).shape[2]
+    return Expected({m: t.shape[1] for m, t in tokens.items()}, width, max_batch)
+
+
+def limits(cfg: Config, expected: Expected) -> Limits:
+    """Frame limit from the config: the largest tokens or feature-gradient message a client may send, fp32."""
+    per_sample = sum(expected.tokens.values()) * expected.width
+    features = len(expected.tokens) * expected.width
+    largest = expected.max_batch * max(per_sample, features) * element_bytes("float32")
+    return Limits(cfg.deploy.step_timeout, int(cfg.deploy.chunk_mb * 2**20), largest + HEADER_SLACK)
+
+
+def checkpoint_dir(cfg: Config, role: str) -> Path:
+    return Path(cfg.deploy.checkpoint_dir) if cfg.deploy.checkpoint_dir else Path(cfg.out_dir) / cfg.name / role
+
+
+class NetworkThread:
+    """An asyncio event loop in a background thread: gRPC lives there, so the thread that calls torch for
+    the model (the main thread) keeps torch's intra-op thread pool to itself; sharing it with a second
+    torch-calling thread costs about a third of the compute on a small machine."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="mpsl-network", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        torch.set_num_threads(1)  # per thread: decoding messages here must not wake a second thread pool
+        self.loop.run_forever()
+
+    def run(self, coro: Any, timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
