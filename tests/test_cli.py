@@ -27,6 +27,7 @@ def _mpsl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ("", ["model.encoder.source=random", "model.encoder.depth=2", "model.encoder.trainable_blocks=3",
               "data.name=synthetic-av"], "trainable_blocks"),
         ("model: [1, 2\n", [], "not valid YAML"),
+        ("", ["runtime.device=cuda:7"], "runtime.device: cuda:7"),
     ],
 )
 def test_bad_config_exits_nonzero_with_one_line(tmp_path: Path, yaml_text: str, args: list[str], names: str) -> None:

@@ -7,6 +7,7 @@ to a default.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -137,6 +138,15 @@ class FLConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how this process computes; results do not depend on it beyond float rounding."""
+
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N | mps
+    compile: bool = False  # torch.compile the encoder (server side, and the whole model for FL/centralized)
+    prefetch: int = 2  # mini-batches each party reads ahead on a background thread (0: read when needed)
+
+
+@dataclass(frozen=True)
 class DeployConfig:
     """`mpsl server` / `mpsl client` over gRPC (the in-process simulation ignores this section)."""
 
@@ -177,6 +187,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def replace(self, **overrides: Any) -> Config:
         """A copy with dotted overrides applied and validated, e.g. replace(**{"train.epochs": 1})."""
@@ -332,6 +343,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
 # validation of values (registry names are checked where the registries live: mpsl.experiment)
 
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
@@ -378,6 +392,9 @@ def validate(cfg: Config) -> None:
     _require(0 < tr.lr_gamma <= 1, "train.lr_gamma", "must be in (0, 1]")
     _require(cfg.eval.batch_size >= 1, "eval.batch_size", "must be at least 1")
     _require(cfg.fl.local_epochs >= 1, "fl.local_epochs", f"must be at least 1, got {cfg.fl.local_epochs}")
+    _require(cfg.runtime.prefetch >= 0, "runtime.prefetch", f"must be 0 or more, got {cfg.runtime.prefetch}")
+    _require(DEVICE_PATTERN.fullmatch(cfg.runtime.device) is not None, "runtime.device",
+             f"{cfg.runtime.device!r} is not auto, cpu, cuda, cuda:N or mps")
     dep = cfg.deploy
     _require(dep.step_timeout > 0, "deploy.step_timeout", "must be positive seconds")
     _require(dep.min_participants >= 1, "deploy.min_participants", "must be at least 1")

@@ -14,6 +14,7 @@ import torch
 from mpsl.config import Config
 from mpsl.data import Dataset, SplitData, partition
 from mpsl.data.partition import modality_holdings
+from mpsl.devices import compile_module, resolve_device
 from mpsl.models import ClientModel, ServerModel
 from mpsl.protocol import SplitClient, SplitServer
 from mpsl.tasks import Task
@@ -53,12 +54,14 @@ def step_lr(opt: torch.optim.Optimizer | None, cfg: Config) -> torch.optim.lr_sc
 
 def split_client(cfg: Config, k: int, shard: SplitData, batch: int, template: ClientModel, task: Task) -> SplitClient:
     """Client k as every runtime builds it: a copy of the template, its own Adam, its own data order."""
-    model = copy.deepcopy(template)
+    model = copy.deepcopy(template).to(resolve_device(cfg.runtime.device))
     opt = adam([(model.parameters(), cfg.train.client_lr)], cfg.train.weight_decay)
-    return SplitClient(k, model, shard, task, batch, opt, step_lr(opt, cfg), client_seed(cfg, k))
+    return SplitClient(k, model, shard, task, batch, opt, step_lr(opt, cfg), client_seed(cfg, k), cfg.runtime.prefetch)
 
 
 def split_server(model: ServerModel, cfg: Config) -> SplitServer:
-    """The one server party: the encoder side, one Adam, the configured precision."""
+    """The one server party: the encoder side on the configured device, one Adam, the configured precision."""
+    model = model.to(resolve_device(cfg.runtime.device))
+    compile_module(model.encoder, cfg.runtime.compile)
     opt = adam([(model.parameters(), cfg.train.server_lr)], cfg.train.weight_decay)
     return SplitServer(model, opt, step_lr(opt, cfg), cfg.model.precision)

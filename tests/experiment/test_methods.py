@@ -62,7 +62,7 @@ def test_fedavg_of_two_identical_clients_equals_local_training() -> None:
     # Execute: two rounds (each client keeps its Adam state) vs two local epochs with one optimizer
     for r in range(2):
         fl.train_round(r, progress=False)
-        local_epoch(reference, opt, shard, b, order, fl.task)
+        local_epoch(reference, opt, shard, b, order, fl.task, cfg.runtime, cfg.model.precision)
 
     # Assert
     _assert_same(fl.model, reference)
@@ -79,7 +79,8 @@ def test_fedavg_weights_clients_by_their_sample_counts() -> None:
     for c in fl.clients:
         model = copy.deepcopy(fl.model)
         order = torch.Generator().set_state(c.order.get_state())
-        local_epoch(model, whole_model_adam(model, cfg), c.data, c.batch_size, order, fl.task)
+        local_epoch(model, whole_model_adam(model, cfg), c.data, c.batch_size, order, fl.task, cfg.runtime,
+                        cfg.model.precision)
         locals_.append(trainable_state(model))
 
     # Execute

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from mpsl.data import SplitData
+from mpsl.data.loader import batches
+from mpsl.devices import module_device, to_device
 from mpsl.models import ClientModel, ServerModel
 from mpsl.tasks import Task
 
@@ -15,9 +17,11 @@ def predictions(client: ClientModel, server: ServerModel, data: SplitData, batch
     client.eval()
     server.eval()
     out = []
-    for start in range(0, len(data), batch_size):
-        batch = data.subset(torch.arange(start, min(start + batch_size, len(data))))
-        out.append(client.head(server(client.embed(batch.inputs))))  # [b, ...]
+    device = module_device(server)
+    client_device = module_device(client)
+    for batch in batches(data, torch.arange(len(data)), batch_size, client_device, depth=2):  # [b], in order
+        features = server(to_device(client.embed(batch.inputs), device))  # [b, ...] on the server's device
+        out.append(client.head(features.to(client_device)).cpu())  # [b, ...]
     return torch.cat(out)  # [N, ...]
 
 

@@ -16,6 +16,7 @@ from mpsl.analysis.accounting import client_memory, trainable_parameters, traini
 from mpsl.checkpoints import save_checkpoint
 from mpsl.config import Config, check_clients_fit, to_dict
 from mpsl.data import Dataset
+from mpsl.devices import compile_failure, resolve_device
 from mpsl.errors import ConfigError, MpslError
 from mpsl.experiment.evaluate import evaluate, headline, modality_ablations
 from mpsl.experiment.methods import METHODS, Method
@@ -73,6 +74,16 @@ def _tensorboard(cfg: Config, out_dir: Path):
     return SummaryWriter(log_dir=str(out_dir / "tensorboard"))
 
 
+def _train_round(method: Method, epoch: int, progress: bool) -> dict[str, float]:
+    try:
+        return method.train_round(epoch, progress).as_dict()
+    except Exception as exc:
+        failure = compile_failure(exc)  # runtime.compile: surfaces on the first forward
+        if failure is None:
+            raise
+        raise failure from None
+
+
 def run_method(cfg: Config, dataset: Dataset, name: str, out_dir: Path) -> dict[str, Any]:
     """Train `name` from the seeded initial model, evaluate every round, save results.json and the model."""
     cfg = METHODS.get(name).configure(cfg)
@@ -85,7 +96,7 @@ def run_method(cfg: Config, dataset: Dataset, name: str, out_dir: Path) -> dict[
     metric = f"test_{method.task.metric}"
     for epoch in range(cfg.train.epochs):
         t0 = time.perf_counter()
-        stats = method.train_round(epoch, cfg.progress).as_dict()
+        stats = _train_round(method, epoch, cfg.progress)
         model = method.global_model()
         test = evaluate(model.client, model.server, dataset.test, method.task, cfg.eval.batch_size)
         comm = _traffic(method.traffic(), epoch + 1)
@@ -178,6 +189,7 @@ def check_names(cfg: Config) -> None:
     from mpsl.data import DATASETS
     from mpsl.models import ENCODERS
 
+    resolve_device(cfg.runtime.device)
     source = DATASETS.get(cfg.data.name)
     known = cfg.data.train_size or source.default_train_size
     if known is not None:

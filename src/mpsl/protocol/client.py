@@ -6,7 +6,9 @@ from typing import Any
 
 import torch
 
+from mpsl.data.loader import Batch, Lookahead, read_batch
 from mpsl.data.spec import SplitData
+from mpsl.devices import module_device
 from mpsl.errors import ProtocolError
 from mpsl.models.split import ClientModel
 from mpsl.protocol.messages import CutGrad, FeatureGrad, Features, Tokens
@@ -27,6 +29,7 @@ class SplitClient:
         optimizer: torch.optim.Optimizer | None,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
         seed: int,
+        prefetch: int = 0,
     ) -> None:
         self.client_id = client_id
         self.model = model
@@ -38,6 +41,8 @@ class SplitClient:
         self._shuffle = torch.Generator().manual_seed(seed)
         self._order = torch.arange(len(data))
         self._cursor = 0
+        self.prefetch = prefetch  # batches read ahead on a background thread
+        self._ahead: Lookahead[Batch] | None = None  # this epoch's reads, begun at the cursor
         self._pending: tuple[int, dict[str, torch.Tensor], torch.Tensor] | None = None  # step, tokens, labels
         self._loss_weight: float | None = None  # the share the head's gradient was computed with
         self.samples_seen = 0
@@ -46,26 +51,36 @@ class SplitClient:
     def start_epoch(self, epoch: int) -> None:
         self._order = torch.randperm(len(self.data), generator=self._shuffle)
         self._cursor = 0
+        self._ahead = None
         self.epoch = epoch
 
     def embed(self, step: int) -> Tokens | None:
         if self._cursor >= len(self.data):
             return None
-        index = self._order[self._cursor:self._cursor + self.batch_size]  # [b]
-        self._cursor += len(index)
-        batch = self.data.subset(index)
+        batch = self._next_batch()
+        self._cursor += len(batch)
         self.model.train()
         tokens = self.model.embed(batch.inputs)  # m -> [b, T_m, D], graph kept until cut_grad
         self._pending = (step, tokens, batch.labels)
         self._loss_weight = None
         return Tokens(self.client_id, step, {m: t.detach() for m, t in tokens.items()})
 
+    def _next_batch(self) -> Batch:
+        """The batch at the cursor, on the model's device; the next ones are already being read."""
+        device = module_device(self.model)
+        if self._ahead is None:
+            b, order = self.batch_size, self._order
+            count = -(-len(self.data) // b)
+            self._ahead = Lookahead(lambda i: read_batch(self.data, order[i * b:(i + 1) * b], device),  # [b]
+                                    self._cursor // b, count, self.prefetch)
+        return self._ahead.take().to(device)
+
     def features(self, msg: Features) -> FeatureGrad:
         step, _, labels = self._expect(msg.step)
         if msg.features.shape[0] != len(labels):
             raise ProtocolError(f"client {self.client_id}: features for {msg.features.shape[0]} samples, "
                                 f"batch has {len(labels)}")
-        features = msg.features.detach().requires_grad_(True)
+        features = msg.features.detach().to(labels.device, non_blocking=True).requires_grad_(True)
         predictions = self.model.head(features)  # [b, C]
         loss = self.task.loss(predictions, labels)
         (msg.loss_weight * loss).backward()  # head grads (if any) accumulate until cut_grad steps them
@@ -83,7 +98,8 @@ class SplitClient:
             for p in self.model.head.parameters():
                 if p.grad is not None:
                     p.grad.mul_(msg.loss_weight / self._loss_weight)
-        torch.autograd.backward([tokens[m] for m in tokens], [msg.grads[m] for m in tokens])
+        torch.autograd.backward([tokens[m] for m in tokens],
+                                [msg.grads[m].to(tokens[m].device, non_blocking=True) for m in tokens])
         if self.optimizer is not None:
             self.optimizer.step()
         self.model.zero_grad(set_to_none=True)
@@ -114,4 +130,4 @@ class SplitClient:
         self._order, self._cursor = state["order"], int(state["cursor"])
         self.samples_seen = int(state["samples_seen"])
         self.epoch = None if state["epoch"] < 0 else int(state["epoch"])
-        self._pending, self._loss_weight = None, None
+        self._pending, self._loss_weight, self._ahead = None, None, None

@@ -30,7 +30,7 @@ _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
-    flat = t.detach().contiguous().reshape(-1)  # [numel]
+    flat = t.detach().cpu().contiguous().reshape(-1)  # [numel], in host memory
     if sys.byteorder != "little":
         raise ProtocolError("big-endian hosts are not supported by the wire format")
     return flat.view(torch.uint8).numpy().tobytes()

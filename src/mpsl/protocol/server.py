@@ -7,10 +7,9 @@ from typing import Any
 
 import torch
 
+from mpsl.devices import autocast, grad_scaler, module_device, to_device
 from mpsl.models.split import ServerModel
 from mpsl.protocol.state import load_training_state, training_state
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class SplitServer:
@@ -24,19 +23,18 @@ class SplitServer:
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
         precision: str = "fp32",
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.dtype = PRECISIONS[precision]
-        self.device = next(model.parameters()).device.type
-        self.scaler = torch.amp.GradScaler(self.device) if precision == "fp16" and optimizer is not None else None
+        self.precision = precision
+        self.device = module_device(model)
+        self.scaler = grad_scaler(self.device, precision) if optimizer is not None else None
 
     def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Tokens arrive wherever the runtime put them and are computed on the server's device."""
         self.model.train()
-        with torch.autocast(self.device, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-            return self.model(tokens).float()  # [B, M, D] or [B, C]
+        with autocast(self.device, self.precision):
+            return self.model(to_device(tokens, self.device)).float()  # [B, M, D] or [B, C]
 
     def backward_and_step(self, outputs: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
                           inputs: Sequence[torch.Tensor] = ()) -> None:
@@ -48,6 +46,7 @@ class SplitServer:
         (in the encoder's or the inputs' gradients) the server skips its update and the inputs'
         gradients are zeroed, so no client steps on it either.
         """
+        grads = [g.to(o.device, non_blocking=True) for o, g in zip(outputs, grads, strict=True)]
         if self.scaler is None:
             torch.autograd.backward(outputs, grads)
             if self.optimizer is not None:

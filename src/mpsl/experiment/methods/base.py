@@ -6,6 +6,7 @@ A method owns how training is spread over parties and what crosses the network; 
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 from mpsl.config import Config
 from mpsl.data import Dataset
+from mpsl.devices import compile_module, resolve_device
 from mpsl.models import ClientModel, WholeModel, build_split_model
 from mpsl.parties import adam
 from mpsl.registry import Registry
@@ -110,6 +112,15 @@ def register(cls: type[MethodT]) -> type[MethodT]:
 def progress_bar(label: str, total: int, progress: bool) -> tqdm:
     """One bar per method and epoch (or round), gone when it is done."""
     return tqdm(total=total, desc=label, unit="step", disable=not progress, leave=False, dynamic_ncols=True)
+
+
+def whole_model(method: Method) -> WholeModel:
+    """A trainable copy of the unsplit model on the configured device (the templates stay on the host,
+    where the cost accounting reads them)."""
+    model = WholeModel(copy.deepcopy(method.client_template), copy.deepcopy(method.server_template))
+    model.to(resolve_device(method.cfg.runtime.device))
+    compile_module(model.server.encoder, method.cfg.runtime.compile)
+    return model
 
 
 def whole_model_adam(model: WholeModel, cfg: Config) -> torch.optim.Optimizer | None:

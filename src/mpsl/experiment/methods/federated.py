@@ -25,6 +25,7 @@ from mpsl.experiment.methods.base import (
     RoundStats,
     progress_bar,
     register,
+    whole_model,
     whole_model_adam,
 )
 from mpsl.experiment.methods.local import local_epoch
@@ -60,7 +61,8 @@ def local_update(worker: WholeModel, received: Weights, client: FLClient, cfg: C
             group["lr"] = lr * round_lr_scale
     stats = RoundStats()
     for _ in range(cfg.fl.local_epochs):
-        epoch = local_epoch(worker, opt, client.data, client.batch_size, client.order, task, bar)
+        epoch = local_epoch(worker, opt, client.data, client.batch_size, client.order, task, cfg.runtime,
+                            cfg.model.precision, bar)
         stats.add(epoch.loss, epoch.correct, epoch.count, epoch.steps)
     if opt is not None:
         client.optimizer_state = opt.state_dict()
@@ -75,7 +77,7 @@ class FedAvg(Method):
 
     def __init__(self, cfg: Config, dataset: Dataset) -> None:
         super().__init__(cfg, dataset)
-        self.model = WholeModel(self.client_template, self.server_template)  # the global model
+        self.model = whole_model(self)  # the global model
         self.worker = copy.deepcopy(self.model)  # trained by each client in turn
         shards = client_shards(cfg, dataset)
         batches = client_batch_sizes(cfg, [len(s) for s in shards])

@@ -41,7 +41,7 @@ class Mpsl(Method):
     def __init__(self, cfg: Config, dataset: Dataset) -> None:
         super().__init__(cfg, dataset)
         self.clients = _clients(self)
-        self.server = split_server(self.server_template, cfg)
+        self.server = split_server(copy.deepcopy(self.server_template), cfg)  # the templates stay on the host
         self.handles = [InProcessHandle(c) for c in self.clients]
         self.step = 0
 
