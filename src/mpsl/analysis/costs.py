@@ -61,7 +61,8 @@ for _name, _task in {
     COST_TASKS.register(_name)(_task)
 
 
-def _config(preset: str, task: CostTask) -> Config:
+def task_config(preset: str, task: CostTask) -> Config:
+    """The paper's tokenizers and fusion for a cost task, with the preset's random-init encoder."""
     patch = PRESETS.get(preset).patch
     return load_config(None, [f"model.image.patch=[{patch},{patch}]", "model.audio.patch=[16,16]",
                               "model.audio.stride=[10,10]", f"model.fusion={task.fusion}"]
@@ -72,7 +73,7 @@ def task_cost(preset: str, task_name: str, wire_dtype: str = "float16") -> dict[
     """Per-sample forward FLOPs of each side, MPSL bytes per sample, and the FL payload per round."""
     task = COST_TASKS.get(task_name)
     size = element_bytes(wire_dtype)
-    cfg = _config(preset, task)
+    cfg = task_config(preset, task)
     spec = DatasetSpec(task_name, task.modalities, task.num_classes or 1)
     with torch.device("meta"):
         client, server = build_split_model(cfg.model, spec, cfg.seed)
