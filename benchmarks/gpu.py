@@ -164,7 +164,7 @@ def table(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> list[Row]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--small", action="store_true", help="ViT-Ti, small inputs, 4 clients, B = 8, one step: a smoke run")
+    parser.add_argument("--small", action="store_true", help="ViT-Ti, small inputs, 4 clients, B = 8: a smoke run")
     parser.add_argument("--tasks", nargs="+", default=["coco-qa", "meld"])
     parser.add_argument("--preset", default="vit-b16")
     parser.add_argument("--trainable-blocks", type=int, default=6)
