@@ -190,6 +190,7 @@ class ServerApp:
         service = SplitLearningService(self.hub, self.tokens, self.cfg.num_clients, Codec(self.cfg.deploy.wire_dtype),
                                        self.expected, self.limits, self.trainer.welcome,
                                        lambda line: log.info(f"event={line}"), public_status=self.public_status)
+        self.service = service
         self.grpc_server = grpc.aio.server(options=grpc_options(self.limits))
         pb_grpc.add_SplitLearningServicer_to_server(service, self.grpc_server)
         port = (self.grpc_server.add_secure_port(self.listen, server_credentials(*self.tls, self.client_ca))

@@ -387,10 +387,10 @@ class SplitLearningService(pb_grpc.SplitLearningServicer):
         counted = False
         self.streams += 1
         try:
+            client_id = self._authenticate(context)
             if self.streams > self.limits.max_streams:
                 raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"{self.limits.max_streams} streams are open (deploy.max_streams)")
-            client_id = self._authenticate(context)
             self._admit(client_id)
             self.streams_of[client_id] = self.streams_of.get(client_id, 0) + 1
             counted = True
