@@ -170,6 +170,29 @@ def test_a_malformed_feature_gradient_is_refused_within_a_second_and_changes_not
     assert all(torch.equal(a, b) for a, b in zip(before, _params(lone), strict=True))
 
 
+@pytest.mark.parametrize("message", [
+    pb.ClientMessage(frame=pb.Chunk(data=b"MPSL", last=True)),
+    pb.ClientMessage(exhausted=pb.Exhausted(step=0)),
+    pb.ClientMessage(join=pb.Join(client_id=0, samples=1)),
+], ids=["frame", "exhausted", "second-join"])
+def test_a_message_out_of_turn_is_refused_within_a_second_and_logged(lone, message: pb.ClientMessage) -> None:
+    # Prepare: joined, and asked to acknowledge the start of the epoch (or not asked anything yet)
+    rogue = RogueClient(lone.port)
+    rogue.send(pb.ClientMessage(join=pb.Join(client_id=0, samples=10)))
+    assert rogue.next().WhichOneof("kind") == "welcome"
+
+    # Execute
+    rogue.send(message)
+    started = time.monotonic()
+    refused = rogue.refusal()
+    rogue.close()
+
+    # Assert
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT and time.monotonic() - started < SECOND
+    assert re.search(r"expected done|nothing was asked", refused.details()), refused.details()
+    _await_log(lone, r"dropped client=0 code=INVALID_ARGUMENT reason=[^\n]*(expected done|nothing was asked)")
+
+
 def test_bytes_that_are_no_protobuf_message_are_refused_with_invalid_argument(lone) -> None:
     channel = grpc.insecure_channel(f"127.0.0.1:{lone.port}")
     raw = channel.stream_stream("/mpsl.v1.SplitLearning/Session", request_serializer=lambda b: b,

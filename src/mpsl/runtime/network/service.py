@@ -339,7 +339,8 @@ class SplitLearningService(pb_grpc.SplitLearningServicer):
 
     async def _refuse(self, context: grpc.aio.ServicerContext, refusal: Refusal, client_id: int | None) -> None:
         who = "?" if client_id is None else client_id
-        self.log(f"refused client={who} peer={context.peer()} code={refusal.code.name} reason={refusal.reason!r}")
+        self.log(f"refused client={who} peer={context.peer()} code={refusal.code.name} "
+                 f"reason={_printable(refusal.reason, 200)!r}")
         trailing = () if refusal.retry_after is None else (("retry-after", str(math.ceil(refusal.retry_after))),)
         await context.abort(refusal.code, _printable(refusal.reason), trailing_metadata=trailing)
 
