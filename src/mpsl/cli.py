@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--tokens", metavar="FILE", help="YAML mapping client id -> secret token")
     server.add_argument("--tls-cert", metavar="FILE", help="server certificate (PEM); with --tls-key")
     server.add_argument("--tls-key", metavar="FILE", help="server private key (PEM)")
+    server.add_argument("--tls-client-ca", metavar="FILE",
+                        help="mutual TLS: accept only clients presenting a certificate signed by this CA (PEM)")
+    server.add_argument("--public-status", action="store_true",
+                        help="answer `mpsl status` without a token even when --tokens is set")
 
     client = sub.add_parser("client", help="train this device's tokenizers against an mpsl server")
     client.add_argument("config", help="YAML config file (the same one the server uses)")
@@ -47,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--resume", action="store_true", help="start from this client's last checkpoint")
     client.add_argument("--token-file", metavar="FILE", help="file whose first line is this client's token")
     client.add_argument("--tls-ca", metavar="FILE", help="CA (or self-signed) certificate to trust (PEM)")
+    client.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM) for a server that asks for one "
+                                                           "(--tls-client-ca); with --tls-key")
+    client.add_argument("--tls-key", metavar="FILE", help="client private key (PEM)")
     client.add_argument("--retry-for", type=float, default=300.0, metavar="SECONDS",
                         help="keep reconnecting this long after losing the server (default 300)")
 
@@ -61,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="connected clients and progress of a running mpsl server")
     status.add_argument("--server", required=True, metavar="HOST:PORT")
     status.add_argument("--tls-ca", metavar="FILE")
+    status.add_argument("--token-file", metavar="FILE", help="any client's token file (a server with --tokens "
+                                                             "answers only token holders)")
+    status.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM), with --tls-key")
+    status.add_argument("--tls-key", metavar="FILE")
 
     for training in (run, compare, demo, server, client):
         training.add_argument("-i", "--import", dest="imports", action="append", default=[], metavar="MODULE",
@@ -174,14 +185,18 @@ def _eval(args: argparse.Namespace) -> None:
 def _server(args: argparse.Namespace) -> None:
     from mpsl.config import load_config
     from mpsl.deploy.server_app import serve
-    from mpsl.errors import ConfigError
 
     _import_plugins(args.imports)
+    cfg = load_config(args.config, args.overrides)
+    serve(cfg, args.listen, args.resume, args.tokens, _cert_and_key(args), args.tls_client_ca, args.public_status)
+
+
+def _cert_and_key(args: argparse.Namespace) -> tuple[str, str] | None:
+    from mpsl.errors import ConfigError
+
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
-    cfg = load_config(args.config, args.overrides)
-    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
-    serve(cfg, args.listen, args.resume, args.tokens, tls)
+    return (args.tls_cert, args.tls_key) if args.tls_cert else None
 
 
 def _client(args: argparse.Namespace) -> None:
@@ -193,7 +208,7 @@ def _client(args: argparse.Namespace) -> None:
     _import_plugins(args.imports)
     cfg = load_config(args.config, args.overrides)
     asyncio.run(run_client(cfg, args.server, args.client_id, args.resume, args.token_file, args.tls_ca,
-                           args.retry_for, whole_split=args.data == "all"))
+                           args.retry_for, whole_split=args.data == "all", client_cert=_cert_and_key(args)))
 
 
 def _cost(args: argparse.Namespace) -> None:
@@ -222,8 +237,10 @@ def _status(args: argparse.Namespace) -> None:
     import json
 
     from mpsl.deploy.server_app import status
+    from mpsl.runtime.network.security import read_secret
 
-    print(json.dumps(asyncio.run(status(args.server, args.tls_ca)), indent=2))
+    token = read_secret(args.token_file) if args.token_file else None
+    print(json.dumps(asyncio.run(status(args.server, args.tls_ca, token, _cert_and_key(args))), indent=2))
 
 
 def _list(args: argparse.Namespace) -> None:

@@ -157,6 +157,17 @@ class DeployConfig:
     chunk_mb: float = 1.0  # encoded messages travel in gRPC messages of at most this size
     checkpoint_every: int = 50  # steps between checkpoints (server and clients, coordinated)
     checkpoint_dir: str | None = None  # None: runs/<name>/server or runs/<name>/client-<id>
+    # what one peer may cost the server (README: Security); every refusal names the key it hit
+    join_timeout: float = 10.0  # seconds a new stream has to send its Join; then it is closed
+    max_streams: int | None = None  # open client streams, joined or not; None: 2 x num_clients
+    max_streams_per_client: int = 2  # open streams of one client id (a reconnect may overlap a stale one)
+    min_chunk_kb: float = 8.0  # every piece of a client's frame but the last is at least this many KiB
+    # a client whose requests time out `quarantine_after` times in a row (no answered step between) is
+    # refused with UNAVAILABLE and a retry-after for quarantine_s seconds, doubling with every further
+    # timeout up to quarantine_max_s; quarantine_s: 0 never refuses
+    quarantine_after: int = 2
+    quarantine_s: float = 10.0
+    quarantine_max_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -402,6 +413,16 @@ def validate(cfg: Config) -> None:
              "must be at least 1")
     _require(0.01 <= dep.chunk_mb <= 64, "deploy.chunk_mb", f"must be in [0.01, 64], got {dep.chunk_mb}")
     _require(dep.checkpoint_every >= 1, "deploy.checkpoint_every", "must be at least 1")
+    _require(dep.join_timeout > 0, "deploy.join_timeout", "must be positive seconds")
+    _require(dep.max_streams is None or dep.max_streams >= cfg.num_clients, "deploy.max_streams",
+             f"must be at least num_clients={cfg.num_clients} (or null), got {dep.max_streams}")
+    _require(dep.max_streams_per_client >= 1, "deploy.max_streams_per_client", "must be at least 1")
+    _require(0 < dep.min_chunk_kb <= dep.chunk_mb * 1024, "deploy.min_chunk_kb",
+             f"must be positive and at most deploy.chunk_mb x 1024 = {dep.chunk_mb * 1024:g}, got {dep.min_chunk_kb}")
+    _require(dep.quarantine_after >= 1, "deploy.quarantine_after", "must be at least 1")
+    _require(dep.quarantine_s >= 0, "deploy.quarantine_s", "must be 0 (never) or positive seconds")
+    _require(dep.quarantine_max_s >= dep.quarantine_s, "deploy.quarantine_max_s",
+             "must be at least deploy.quarantine_s")
     per_round = cfg.fl.clients_per_round
     _require(per_round is None or 1 <= per_round <= cfg.num_clients, "fl.clients_per_round",
              f"must be between 1 and num_clients={cfg.num_clients}, got {per_round}")

@@ -74,7 +74,7 @@ def test_a_bad_message_is_refused_with_invalid_argument_and_changes_nothing(serv
     step = rogue.join_until_embed()
 
     # Execute
-    for data, last in chunks(make(step), 4096):
+    for data, last in chunks(make(step), server.runtime.limits.chunk_bytes):
         rogue.send(pb.ClientMessage(frame=pb.Chunk(data=data, last=last)))
     with pytest.raises(grpc.RpcError) as refused:
         while True:

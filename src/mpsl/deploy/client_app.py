@@ -90,9 +90,13 @@ class ClientApp:
 
 
 async def run_client(cfg: Config, target: str, client_id: int, resume: bool, token_file: str | None,
-                     ca: str | None, retry_for: float, whole_split: bool = False) -> None:
+                     ca: str | None, retry_for: float, whole_split: bool = False,
+                     client_cert: tuple[str, str] | None = None) -> None:
+    """`client_cert`: (certificate, key) presented to a server that requires client certificates."""
     log_to_stderr()
     sys.setswitchinterval(SWITCH_INTERVAL)
+    if client_cert and not ca:
+        raise MpslError("--tls-cert and --tls-key need --tls-ca: client certificates are presented in TLS")
     if not 0 <= client_id < cfg.num_clients:
         raise MpslError(f"--client-id {client_id}: must be in 0..{cfg.num_clients - 1} (num_clients)")
     dataset = load_dataset(cfg.data)
@@ -110,5 +114,6 @@ async def run_client(cfg: Config, target: str, client_id: int, resume: bool, tok
         log.info(f"event=resumed client={client_id} step={step if step is not None else 'none (no checkpoint)'}")
     expected = expected_shapes(template, dataset.spec, cfg.deploy.max_client_batch or cfg.train.batch_size)
     await dial(app, target, read_secret(token_file) if token_file else None,
-                          channel_credentials(ca) if ca else None, Codec(cfg.deploy.wire_dtype),
+                          channel_credentials(ca, *(client_cert or (None, None))) if ca else None,
+                          Codec(cfg.deploy.wire_dtype),
                           limits(cfg, expected), retry_for, lambda line: log.info(f"client={client_id} {line}"))

@@ -56,11 +56,17 @@ def expected_shapes(client: ClientModel, spec: DatasetSpec, max_batch: int) -> E
 
 
 def limits(cfg: Config, expected: Expected) -> Limits:
-    """Frame limit from the config: the largest tokens or feature-gradient message a client may send, fp32."""
+    """Frame limit from the config (the largest tokens or feature-gradient message a client may send, fp32)
+    and the deploy section's bounds on streams, chunks and quarantine."""
     per_sample = sum(expected.tokens.values()) * expected.width
     features = len(expected.tokens) * expected.width
     largest = expected.max_batch * max(per_sample, features) * element_bytes("float32")
-    return Limits(cfg.deploy.step_timeout, int(cfg.deploy.chunk_mb * 2**20), largest + HEADER_SLACK)
+    dep = cfg.deploy
+    return Limits(dep.step_timeout, int(dep.chunk_mb * 2**20), largest + HEADER_SLACK,
+                  max_header_bytes=HEADER_SLACK, min_chunk_bytes=int(dep.min_chunk_kb * 1024),
+                  join_timeout=dep.join_timeout, max_streams=dep.max_streams or 2 * cfg.num_clients,
+                  max_streams_per_client=dep.max_streams_per_client, quarantine_after=dep.quarantine_after,
+                  quarantine_s=dep.quarantine_s, quarantine_max_s=dep.quarantine_max_s)
 
 
 def checkpoint_dir(cfg: Config, role: str) -> Path:

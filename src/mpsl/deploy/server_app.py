@@ -41,7 +41,7 @@ from mpsl.parties import split_server
 from mpsl.protocol import Codec, SplitServer, mpsl_step
 from mpsl.runtime.network import mpsl_pb2 as pb
 from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
-from mpsl.runtime.network.security import channel_credentials, load_tokens, server_credentials
+from mpsl.runtime.network.security import AUTH_KEY, channel_credentials, load_tokens, server_credentials
 from mpsl.runtime.network.service import Hub, RemoteHandle, SplitLearningService, concurrent_map, grpc_options
 
 
@@ -157,7 +157,7 @@ class ServerApp:
     """Everything `mpsl server` runs: the SplitServer, the gRPC service and the training loop."""
 
     def __init__(self, cfg: Config, listen: str, resume: bool, tokens_file: str | None,
-                 tls: tuple[str, str] | None) -> None:
+                 tls: tuple[str, str] | None, client_ca: str | None = None, public_status: bool = False) -> None:
         dataset = load_dataset(cfg.data)  # for the model's input shapes; the server trains on no data
         client_template, server_model = build_split_model(cfg.model, dataset.spec, cfg.seed)
         self.server = split_server(server_model, cfg)
@@ -171,6 +171,9 @@ class ServerApp:
         self.expected = expected_shapes(client_template, dataset.spec, max_batch)
         self.limits = limits(cfg, self.expected)
         self.cfg, self.listen, self.state, self.tls = cfg, listen, state, tls
+        if client_ca and not tls:
+            raise MpslError("--tls-client-ca needs --tls-cert and --tls-key: client certificates are checked in TLS")
+        self.client_ca, self.public_status = client_ca, public_status
         self.tokens = load_tokens(tokens_file) if tokens_file else None
         self.hub = Hub()
 
@@ -186,28 +189,34 @@ class ServerApp:
         self.trainer.progress("waiting")
         service = SplitLearningService(self.hub, self.tokens, self.cfg.num_clients, Codec(self.cfg.deploy.wire_dtype),
                                        self.expected, self.limits, self.trainer.welcome,
-                                       lambda line: log.info(f"event={line}"))
+                                       lambda line: log.info(f"event={line}"), public_status=self.public_status)
+        self.service = service
         self.grpc_server = grpc.aio.server(options=grpc_options(self.limits))
         pb_grpc.add_SplitLearningServicer_to_server(service, self.grpc_server)
-        port = (self.grpc_server.add_secure_port(self.listen, server_credentials(*self.tls)) if self.tls
-                else self.grpc_server.add_insecure_port(self.listen))
+        port = (self.grpc_server.add_secure_port(self.listen, server_credentials(*self.tls, self.client_ca))
+                if self.tls else self.grpc_server.add_insecure_port(self.listen))
         if port == 0:
             raise MpslError(f"--listen {self.listen}: cannot bind that address")
         await self.grpc_server.start()
-        log.info(f"event=listening address={self.listen} tls={'on' if self.tls else 'off'} "
+        tls = "mutual" if self.client_ca else "on" if self.tls else "off"
+        log.info(f"event=listening address={self.listen} tls={tls} "
                  f"auth={'tokens' if self.tokens else 'none (any client may join)'} clients={self.cfg.num_clients} "
                  f"max_frame_bytes={self.limits.max_frame_bytes}")
+        if self.tokens is None:
+            log.warning("event=warning WARNING: no --tokens: any peer that reaches this port can join as any free "
+                        "client id, send it data and read Status; use --tokens (and TLS) outside a trusted network")
 
     async def stop(self) -> None:
         self.trainer.stop.set()
         await self.grpc_server.stop(grace=1.0)
 
 
-def serve(cfg: Config, listen: str, resume: bool, tokens_file: str | None, tls: tuple[str, str] | None) -> None:
+def serve(cfg: Config, listen: str, resume: bool, tokens_file: str | None, tls: tuple[str, str] | None,
+          client_ca: str | None = None, public_status: bool = False) -> None:
     """Blocks until training is finished: gRPC on a network thread, the training loop on this one."""
     log_to_stderr()
     sys.setswitchinterval(SWITCH_INTERVAL)
-    runtime = ServerApp(cfg, listen, resume, tokens_file, tls)
+    runtime = ServerApp(cfg, listen, resume, tokens_file, tls, client_ca, public_status)
     network = NetworkThread()
     try:
         network.run(runtime.start())
@@ -218,11 +227,17 @@ def serve(cfg: Config, listen: str, resume: bool, tokens_file: str | None, tls: 
         network.close()
 
 
-async def status(target: str, ca: str | None) -> dict[str, Any]:
-    """The server's progress and connected clients, as `mpsl status` prints them."""
-    channel = grpc.aio.secure_channel(target, channel_credentials(ca)) if ca else grpc.aio.insecure_channel(target)
+async def status(target: str, ca: str | None, token: str | None = None,
+                 client_cert: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The server's progress and connected clients, as `mpsl status` prints them; a server with tokens
+    answers only a caller presenting one of them, unless it runs with --public-status."""
+    if client_cert and not ca:
+        raise MpslError("--tls-cert and --tls-key need --tls-ca: client certificates are presented in TLS")
+    channel = (grpc.aio.secure_channel(target, channel_credentials(ca, *(client_cert or (None, None)))) if ca
+               else grpc.aio.insecure_channel(target))
+    metadata = [(AUTH_KEY, f"Bearer {token}")] if token else []
     try:
-        reply = await pb_grpc.SplitLearningStub(channel).Status(pb.StatusRequest(), timeout=10)
+        reply = await pb_grpc.SplitLearningStub(channel).Status(pb.StatusRequest(), timeout=10, metadata=metadata)
     except grpc.aio.AioRpcError as exc:
         raise MpslError(f"no status from {target}: {exc.code().name}: {exc.details()}") from None
     finally:

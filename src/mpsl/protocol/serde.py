@@ -15,6 +15,7 @@ import math
 import struct
 import sys
 import typing
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -70,16 +71,16 @@ class Codec:
         header = json.dumps({"type": name, "fields": fields, "tensors": tensors}, separators=(",", ":")).encode()
         return _PREFIX.pack(MAGIC, VERSION, len(header)) + header + b"".join(chunks)
 
-    def decode(self, frame: bytes) -> Any:
-        header = _read_header(frame)
-        cls = MESSAGE_TYPES.get(header.get("type"))  # type: ignore[arg-type]
-        if cls is None:
-            raise ProtocolError(f"unknown message type {header.get('type')!r}")
-        values: dict[str, Any] = dict(header.get("fields", {}))
-        offset = _PREFIX.size + header["_length"]
-        for entry in header.get("tensors", []):
-            tensor, offset = _read_tensor(frame, offset, entry)
-            key, _, sub = str(entry["name"]).partition(".")
+    def decode(self, frame: bytes, bounds: DecodeBounds | None = None) -> Any:
+        """The message in `frame`, or ProtocolError: any input, however malformed, raises nothing else."""
+        bounds = bounds or _BOUNDS
+        header, offset = _read_header(frame, bounds)
+        cls = _message_class(header)
+        values: dict[str, Any] = dict(header["fields"])
+        for entry in header["tensors"]:
+            name = entry["name"]
+            tensor, offset = _read_tensor(frame, offset, entry, bounds)
+            key, _, sub = name.partition(".")
             if sub:
                 values.setdefault(key, {})[sub] = tensor
             else:
@@ -88,62 +89,179 @@ class Codec:
             raise ProtocolError(f"{len(frame) - offset} trailing bytes after the last tensor")
         names = {f.name for f in dataclasses.fields(cls)}
         if set(values) != names:
-            raise ProtocolError(f"{cls.__name__}: expected fields {sorted(names)}, got {sorted(values)}")
+            raise ProtocolError(f"{cls.__name__}: expected fields {sorted(names)}, got {_show(sorted(values))}")
         _check_scalars(cls, values)
         return cls(**values)
 
 
 def _check_scalars(cls: type, values: dict[str, Any]) -> None:
-    for name, hint in typing.get_type_hints(cls).items():
+    for name, hint in _hints(cls).items():
         value = values[name]
-        if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ProtocolError(f"{cls.__name__}.{name}: expected an integer, got {value!r}")
+        if hint is int and (isinstance(value, bool) or not isinstance(value, int)
+                            or not _INT64[0] <= value <= _INT64[1]):
+            raise ProtocolError(f"{cls.__name__}.{name}: expected an integer (64-bit), got {_show(value)}")
         if hint is float and (isinstance(value, bool) or not isinstance(value, int | float)
                               or not math.isfinite(value)):
-            raise ProtocolError(f"{cls.__name__}.{name}: expected a finite number, got {value!r}")
+            raise ProtocolError(f"{cls.__name__}.{name}: expected a finite number, got {_show(value)}")
         if hint is float:
             values[name] = float(value)
         if hint is torch.Tensor and not isinstance(value, torch.Tensor):
             raise ProtocolError(f"{cls.__name__}.{name}: expected a tensor")
-        if typing.get_origin(hint) is dict and not isinstance(value, dict):
+        if typing.get_origin(hint) is dict and not (
+                isinstance(value, dict) and all(isinstance(t, torch.Tensor) for t in value.values())):
             raise ProtocolError(f"{cls.__name__}.{name}: expected named tensors")
 
 
-def _read_header(frame: bytes) -> dict[str, Any]:
+# ---------------------------------------------------------------------------------------------
+# decoding untrusted frames: every check below raises ProtocolError, and nothing else can escape
+
+
+@dataclass(frozen=True)
+class DecodeBounds:
+    """What a frame may contain at most; checked before anything of that size is parsed or allocated."""
+
+    max_header_bytes: int = 1 << 20  # the JSON header (a Weights message spends ~100 bytes per tensor)
+    max_depth: int = 4  # JSON nesting: header > tensors > tensor entry > shape
+    max_int_digits: int = 19  # digits of any JSON integer (int64 has 19)
+    max_dims: int = 8  # dimensions of one tensor
+    max_dim_size: int = 2**31 - 1  # size of one dimension
+    max_tensors: int = 4096  # tensors in one message
+
+
+_BOUNDS = DecodeBounds()
+_INT64 = (-(2**63), 2**63 - 1)
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A short, printable (ASCII) rendering of untrusted input for an error message."""
+    text = ascii(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _json_hooks(bounds: DecodeBounds) -> dict[str, Any]:
+    def parse_int(text: str) -> int:
+        if len(text.lstrip("-")) > bounds.max_int_digits:
+            raise ProtocolError(f"header: an integer of {len(text.lstrip('-'))} digits, at most "
+                                f"{bounds.max_int_digits} are allowed")
+        return int(text)
+
+    def parse_float(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ProtocolError(f"header: number {_show(text)} is not finite")
+        return value
+
+    def parse_constant(text: str) -> Any:
+        raise ProtocolError(f"header: {text} is not a finite number")
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            raise ProtocolError("header: an object names the same key twice")
+        return obj
+
+    return {"parse_int": parse_int, "parse_float": parse_float, "parse_constant": parse_constant,
+            "object_pairs_hook": unique_keys}
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            todo.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def _read_header(frame: bytes, bounds: DecodeBounds) -> tuple[dict[str, Any], int]:
+    """The parsed JSON header and the offset of the first tensor byte."""
+    if not isinstance(frame, bytes | bytearray):
+        raise ProtocolError(f"a frame is bytes, got {type(frame).__name__}")
     if len(frame) < _PREFIX.size:
         raise ProtocolError(f"frame of {len(frame)} bytes is shorter than the {_PREFIX.size}-byte prefix")
     magic, version, length = _PREFIX.unpack_from(frame)
     if magic != MAGIC or version != VERSION:
         raise ProtocolError(f"not an MPSL v{VERSION} frame (magic {magic!r}, version {version})")
+    if length > bounds.max_header_bytes:
+        raise ProtocolError(f"header of {length} bytes, the limit is {bounds.max_header_bytes}")
     if _PREFIX.size + length > len(frame):
         raise ProtocolError(f"header length {length} runs past the end of the frame")
     try:
-        header = json.loads(frame[_PREFIX.size:_PREFIX.size + length])
+        header = json.loads(bytes(frame[_PREFIX.size:_PREFIX.size + length]).decode("utf-8"), **_json_hooks(bounds))
+    except RecursionError:
+        raise ProtocolError(f"header nests deeper than {bounds.max_depth} levels") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"header is not valid JSON: {exc}") from None
-    if not isinstance(header, dict):
-        raise ProtocolError("header is not a JSON object")
-    header["_length"] = length
-    return header
+        raise ProtocolError(f"header is not valid UTF-8 JSON: {_show(str(exc), 120)}") from None
+    if _depth(header) > bounds.max_depth:
+        raise ProtocolError(f"header nests deeper than {bounds.max_depth} levels")
+    if not isinstance(header, dict) or set(header) != {"type", "fields", "tensors"}:
+        raise ProtocolError("header is not a JSON object of exactly type, fields and tensors")
+    if not isinstance(header["fields"], dict):
+        raise ProtocolError(f"header: fields is {type(header['fields']).__name__}, expected an object")
+    if not isinstance(header["tensors"], list):
+        raise ProtocolError(f"header: tensors is {type(header['tensors']).__name__}, expected a list")
+    if len(header["tensors"]) > bounds.max_tensors:
+        raise ProtocolError(f"header lists {len(header['tensors'])} tensors, the limit is {bounds.max_tensors}")
+    return header, _PREFIX.size + length
 
 
-def _read_tensor(frame: bytes, offset: int, entry: Any) -> tuple[torch.Tensor, int]:
-    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-        raise ProtocolError(f"malformed tensor entry {entry!r}")
-    dtype = DTYPES.get(entry.get("dtype"))  # type: ignore[arg-type]
+def _message_class(header: dict[str, Any]) -> type:
+    """The message's class, after checking that every scalar and tensor name is one of its fields, once."""
+    name = header["type"]
+    cls = MESSAGE_TYPES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {_show(name)}")
+    hints = _hints(cls)
+    tensor_fields = {f for f, h in hints.items() if h is torch.Tensor}
+    named_fields = {f for f, h in hints.items() if typing.get_origin(h) is dict}
+    for key in header["fields"]:
+        if key not in hints or key in tensor_fields or key in named_fields:
+            raise ProtocolError(f"{cls.__name__}: {_show(key)} is not one of its scalar fields")
+    seen: set[str] = set()
+    for entry in header["tensors"]:
+        if not isinstance(entry, dict) or set(entry) != {"name", "dtype", "shape"}:
+            raise ProtocolError(f"tensor entry {_show(entry)} is not an object of exactly name, dtype and shape")
+        tensor = entry["name"]
+        if not isinstance(tensor, str):
+            raise ProtocolError(f"tensor name {_show(tensor)} is not a string")
+        key, dot, sub = tensor.partition(".")
+        if not ((key in tensor_fields and not dot) or (key in named_fields and sub)):
+            raise ProtocolError(f"{cls.__name__}: tensor {_show(tensor)} is not one of its tensor fields")
+        if tensor in seen:
+            raise ProtocolError(f"{cls.__name__}: tensor {_show(tensor)} appears twice")
+        seen.add(tensor)
+    return cls
+
+
+def _read_tensor(frame: bytes, offset: int, entry: dict[str, Any], bounds: DecodeBounds) -> tuple[torch.Tensor, int]:
+    name = _show(entry["name"])
+    dtype = DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
     if dtype is None:
-        raise ProtocolError(f"tensor {entry['name']}: dtype {entry.get('dtype')!r} is not one of {', '.join(DTYPES)}")
-    shape = entry.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
-        raise ProtocolError(f"tensor {entry['name']}: shape {shape!r} is not a list of sizes")
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    if offset + nbytes > len(frame):
-        raise ProtocolError(f"tensor {entry['name']}: {nbytes} bytes expected, {len(frame) - offset} left")
+        raise ProtocolError(f"tensor {name}: dtype {_show(entry['dtype'])} is not one of {', '.join(DTYPES)}")
+    shape = entry["shape"]
+    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+        raise ProtocolError(f"tensor {name}: shape {_show(shape)} is not a list of sizes")
+    if len(shape) > bounds.max_dims:
+        raise ProtocolError(f"tensor {name}: {len(shape)} dimensions, the limit is {bounds.max_dims}")
+    if not all(0 <= s <= bounds.max_dim_size for s in shape):
+        raise ProtocolError(f"tensor {name}: shape {_show(shape)} has a size outside 0..{bounds.max_dim_size}")
+    nbytes = math.prod(shape) * dtype.itemsize  # exact (Python integers); compared before anything is allocated
+    if nbytes > len(frame) - offset:
+        raise ProtocolError(f"tensor {name}: {nbytes} bytes expected, {len(frame) - offset} left")
     raw = bytearray(frame[offset:offset + nbytes])
     flat = torch.frombuffer(raw, dtype=torch.uint8) if nbytes else torch.empty(0, dtype=torch.uint8)
     tensor = flat.view(dtype).reshape(shape).to(torch.float32)  # [nbytes] -> [numel] -> shape
     if not torch.isfinite(tensor).all():
-        raise ProtocolError(f"tensor {entry['name']}: contains NaN or infinite values")
+        raise ProtocolError(f"tensor {name}: contains NaN or infinite values")
     return tensor, offset + nbytes
 
 

@@ -4,7 +4,9 @@ The device's `SplitClient` does the work, on the event loop's own thread (the de
 else to do meanwhile, and one torch-calling thread keeps torch's thread pool uncontended); this
 module only moves its messages. Connection loss
 is retried with backoff for `retry_for` seconds (a restarted server is found again); a refusal
-(wrong token, invalid message) is final and raised as an error.
+(wrong token, invalid message) is final and raised as an error. A server that says when to come back
+(UNAVAILABLE with a retry-after, after this client timed out repeatedly) is waited for that long, and
+that wait does not count against `retry_for`: the server is there.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ async def dial(client: ClientApp, target: str, token: str | None, credentials: g
         try:
             call = pb_grpc.SplitLearningStub(channel).Session(metadata=metadata)
             await call.write(pb.ClientMessage(join=pb.Join(client_id=client.client_id, samples=client.samples())))
-            assembler = Reassembler(limits.max_frame_bytes)
+            assembler = limits.reassembler()
             while (message := await call.read()) is not grpc.aio.EOF:
                 last_contact, delay = time.monotonic(), 0.5
                 replies = session.answer(message, assembler)
@@ -122,6 +124,11 @@ async def dial(client: ClientApp, target: str, token: str | None, credentials: g
             if exc.code() in FINAL:
                 raise MpslError(f"the server refused this client: {exc.code().name}: {exc.details()}") from None
             reason = f"{exc.code().name}: {exc.details()}"
+            if (wait := _retry_after(exc)) is not None:
+                log(f"refused for now ({reason}); retrying in {wait:g} s")
+                await asyncio.sleep(wait)
+                last_contact, delay = time.monotonic(), 0.5
+                continue
         finally:
             await channel.close()
         if time.monotonic() - last_contact > retry_for:
@@ -129,3 +136,13 @@ async def dial(client: ClientApp, target: str, token: str | None, credentials: g
         log(f"connection lost ({reason}); retrying in {delay:.1f} s")
         await asyncio.sleep(delay)
         delay = min(2 * delay, 5.0)
+
+
+def _retry_after(exc: grpc.aio.AioRpcError) -> float | None:
+    """Seconds the server asked this client to wait (UNAVAILABLE with retry-after metadata), else None."""
+    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    for key, value in exc.trailing_metadata() or ():
+        if key == "retry-after" and isinstance(value, str) and value.isdigit() and len(value) <= 6:
+            return float(value)
+    return None

@@ -46,5 +46,7 @@ class Expected:
             raise ProtocolError(f"feature gradient for step {msg.step}, the open step is {step}")
         if tuple(msg.grad.shape) != shape:
             raise ProtocolError(f"feature gradient of shape {tuple(msg.grad.shape)}, the features were {shape}")
-        if msg.count < 0 or msg.correct < 0 or msg.correct > msg.count:
-            raise ProtocolError(f"metrics out of range: correct {msg.correct} of {msg.count}")
+        batch = shape[0] if shape else 0
+        if msg.count != batch or not 0 <= msg.correct <= msg.count:  # they add up in the server's logged totals
+            raise ProtocolError(f"metrics out of range: correct {msg.correct} of {msg.count}, the batch is "
+                                f"{batch} samples")
