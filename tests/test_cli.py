@@ -23,7 +23,8 @@ def _mpsl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ("train:\n  epochs: many\n", [], "train.epochs"),
         ("trian: {}\n", [], "trian"),
         ("", ["num_clients=100000"], "num_clients"),
-        ("", ["data.name=imagenet"], "unknown dataset 'imagenet'"),
+        ("", ["data.name=imagenet"], "data.name: unknown dataset 'imagenet' (registered: avdigits, "),
+        ("", ["model.fusion=x"], "model.fusion: unknown fusion 'x' (registered: dual, early, late)"),
         ("", ["model.encoder.source=random", "model.encoder.depth=2", "model.encoder.trainable_blocks=3",
               "data.name=synthetic-av"], "trainable_blocks"),
         ("model: [1, 2\n", [], "not valid YAML"),
@@ -253,3 +254,28 @@ def test_partition_report_of_retrieval_shards_gives_sizes_and_refuses_a_label_he
     rows = [line.split() for line in proc.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert rows == [["0", str(fx.train // 2)], ["1", str(fx.train // 2)]]  # sizes, no label columns
     assert heat.returncode == 2 and "no labels" in heat.stderr
+
+
+def test_a_partition_registered_by_an_imported_module_can_be_chosen(tmp_path: Path) -> None:
+    # Prepare: a user's module that registers a partition under a new name
+    (tmp_path / "my_partition.py").write_text(
+        "import numpy as np\n"
+        "from mpsl.data import PARTITIONS\n"
+        "@PARTITIONS.register('first-gets-half')\n"
+        "def first_gets_half(labels, num_clients, cfg, rng):\n"
+        "    half = len(labels) // 2\n"
+        "    rest = np.array_split(np.arange(half, len(labels)), num_clients - 1)\n"
+        "    return [np.arange(half), *rest]\n"
+    )
+    config = tmp_path / "p.yaml"
+    config.write_text("partition: {kind: first-gets-half}\n")
+
+    # Execute
+    proc = _mpsl("data", "partition-report", "-i", "my_partition", str(config), *TINY, cwd=tmp_path)
+    without = _mpsl("data", "partition-report", str(config), *TINY, cwd=tmp_path)
+
+    # Assert
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert [int(r[1]) for r in rows] == [48, 24, 24]  # TINY: 96 samples, 3 clients
+    assert without.returncode == 2 and "partition.kind: unknown partition 'first-gets-half'" in without.stderr

@@ -26,6 +26,7 @@ from mpsl.errors import MpslError
 from mpsl.models import build_split_model
 from mpsl.parties import client_shards, split_client
 from mpsl.protocol import Codec, CutGrad, FeatureGrad, Features, SplitClient, Tokens
+from mpsl.registry import check_choices
 from mpsl.runtime.network.dialer import dial
 from mpsl.runtime.network.security import channel_credentials, read_secret
 from mpsl.tasks import TASKS
@@ -95,6 +96,7 @@ async def run_client(cfg: Config, target: str, client_id: int, resume: bool, tok
     sys.setswitchinterval(SWITCH_INTERVAL)
     if not 0 <= client_id < cfg.num_clients:
         raise MpslError(f"--client-id {client_id}: must be in 0..{cfg.num_clients - 1} (num_clients)")
+    check_choices(cfg)
     dataset = load_dataset(cfg.data)
     if whole_split:  # the device's own data: everything its loader returns, batch ceil(B / N)
         shard, batch = dataset.train, client_batch_size(cfg)

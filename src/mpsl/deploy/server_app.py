@@ -39,6 +39,7 @@ from mpsl.errors import ClientUnavailable, MpslError
 from mpsl.models import build_split_model
 from mpsl.parties import split_server
 from mpsl.protocol import Codec, SplitServer, mpsl_step
+from mpsl.registry import check_choices
 from mpsl.runtime.network import mpsl_pb2 as pb
 from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
 from mpsl.runtime.network.security import channel_credentials, load_tokens, server_credentials
@@ -158,6 +159,7 @@ class ServerApp:
 
     def __init__(self, cfg: Config, listen: str, resume: bool, tokens_file: str | None,
                  tls: tuple[str, str] | None) -> None:
+        check_choices(cfg)
         dataset = load_dataset(cfg.data)  # for the model's input shapes; the server trains on no data
         client_template, server_model = build_split_model(cfg.model, dataset.spec, cfg.seed)
         self.server = split_server(server_model, cfg)

@@ -22,6 +22,7 @@ from mpsl.experiment.methods import METHODS, Method
 from mpsl.experiment.provenance import versions
 from mpsl.files import write_atomically
 from mpsl.models import WholeModel
+from mpsl.registry import check_choices
 from mpsl.runtime import Traffic
 
 EXPERIMENT_FILE = "experiment.json"  # the compared methods, in order, and the backbone-scaling table
@@ -173,18 +174,15 @@ def reusable(cfg: Config, name: str, out_dir: Path) -> dict[str, Any] | None:
 
 
 def check_names(cfg: Config) -> None:
-    """Registry names, optional packages and sizes known in advance, checked before any data is prepared or
-    model loaded."""
+    """Registry names (every registry is imported here), optional packages and sizes known in advance,
+    checked before any data is prepared or model loaded."""
     from mpsl.data import DATASETS
-    from mpsl.models import ENCODERS
 
+    check_choices(cfg)
     source = DATASETS.get(cfg.data.name)
     known = cfg.data.train_size or source.default_train_size
     if known is not None:
         check_clients_fit(cfg, known)
-    ENCODERS.get(cfg.model.encoder.source)
-    for method in cfg.methods:
-        METHODS.get(method)
     if cfg.logging.tensorboard:
         try:
             import tensorboard  # noqa: F401

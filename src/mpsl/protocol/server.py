@@ -9,8 +9,13 @@ import torch
 
 from mpsl.models.split import ServerModel
 from mpsl.protocol.state import load_training_state, training_state
+from mpsl.registry import Registry
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# model.precision: the autocast dtype of the server encoder (None: plain fp32)
+PRECISIONS: Registry[torch.dtype | None] = Registry("precision", config_keys=("model.precision",))
+PRECISIONS.register("fp32")(None)
+PRECISIONS.register("bf16")(torch.bfloat16)
+PRECISIONS.register("fp16")(torch.float16)
 
 
 class SplitServer:
@@ -24,12 +29,10 @@ class SplitServer:
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
         precision: str = "fp32",
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.dtype = PRECISIONS[precision]
+        self.dtype = PRECISIONS.get(precision)
         self.device = next(model.parameters()).device.type
         self.scaler = torch.amp.GradScaler(self.device) if precision == "fp16" and optimizer is not None else None
 

@@ -97,7 +97,7 @@ class Method(ABC):
         """Encoded bytes per client so far; empty for a method with no network."""
 
 
-METHODS: Registry[type[Method]] = Registry("method")
+METHODS: Registry[type[Method]] = Registry("method", config_keys=("methods",))
 MethodT = TypeVar("MethodT", bound=Method)
 
 
