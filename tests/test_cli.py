@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from mpsl.experiment.results import RunResult
 from tests.helpers import TINY
 
 
@@ -57,8 +57,8 @@ def test_run_writes_results(tmp_path: Path) -> None:
     proc = _mpsl("run", str(config), *TINY, f"out_dir={tmp_path}", cwd=tmp_path)
 
     assert proc.returncode == 0, proc.stderr
-    results = json.loads((tmp_path / "cli" / "mpsl" / "results.json").read_text())
-    assert results["num_clients"] == 3
+    results = RunResult.load(tmp_path / "cli" / "mpsl" / "results.json")
+    assert results.num_clients == 3
     assert "| mpsl " in proc.stdout
 
 
@@ -93,9 +93,9 @@ def test_import_registers_a_users_own_dataset(tmp_path: Path) -> None:
 
     # Assert
     assert proc.returncode == 0, proc.stderr
-    results = json.loads((tmp_path / "mine" / "mpsl" / "results.json").read_text())
-    assert results["dataset"] == "mine"
-    assert "test_accuracy_img_only" not in results["final"]  # one modality: no ablation
+    results = RunResult.load(tmp_path / "mine" / "mpsl" / "results.json")
+    assert results.dataset == "mine"
+    assert "test_accuracy_img_only" not in results.final  # one modality: no ablation
 
 
 def test_unknown_import_is_one_line(tmp_path: Path) -> None:
@@ -146,7 +146,7 @@ def test_compare_reuses_finished_methods_unless_settings_change_or_forced(tmp_pa
     # a changed setting retrains and says why; --force retrains regardless
     proc = _mpsl("compare", str(config), "--methods", "mpsl", *common, "train.server_lr=2e-3", cwd=tmp_path)
     assert "train.server_lr" in proc.stdout and "retraining" in proc.stdout
-    assert json.loads(mpsl_results.read_text())["config"]["train"]["server_lr"] == 2e-3
+    assert RunResult.load(mpsl_results).config.train.server_lr == 2e-3
     second = mpsl_results.read_bytes()
     proc = _mpsl("compare", str(config), "--methods", "mpsl", "--force", *common, "train.server_lr=2e-3",
                  cwd=tmp_path)
@@ -199,10 +199,10 @@ def test_demo_runs_the_packaged_config(tmp_path: Path) -> None:
     # Assert
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "avdigits-demo"
-    results = json.loads((run / "mpsl" / "results.json").read_text())
-    assert results["dataset"] == "avdigits" and results["num_clients"] == 8
-    assert results["config"]["model"]["image"]["patch"] == [14, 14]  # from the packaged demo config
-    assert {"test_accuracy_image_only", "test_accuracy_audio_only"} <= set(results["final"])
+    results = RunResult.load(run / "mpsl" / "results.json")
+    assert results.dataset == "avdigits" and results.num_clients == 8
+    assert results.config.model.image.patch == (14, 14)  # from the packaged demo config
+    assert {"test_accuracy_image_only", "test_accuracy_audio_only"} <= set(results.final)
     for method in ("fedavg", "centralized"):
         assert (run / method / "results.json").is_file()
     assert (run / "compare.md").is_file() and (run / "accuracy.png").is_file()
