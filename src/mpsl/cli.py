@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--tls-ca", metavar="FILE", help="CA (or self-signed) certificate to trust (PEM)")
     client.add_argument("--retry-for", type=float, default=300.0, metavar="SECONDS",
                         help="keep reconnecting this long after losing the server (default 300)")
+    for deployed in (server, client):
+        deployed.add_argument("--log-format", default="text", metavar="FORMAT",
+                              help="text: one `event=<name> key=value ...` line per event (default); json: one "
+                                   "JSON object per line with the event's name and fields")
 
     cost = sub.add_parser("cost", help="per-sample FLOPs and bytes of MPSL vs FL for the paper's tasks and backbones")
     cost.add_argument("--preset", help="backbone, e.g. vit-b16 (`mpsl list`)")
@@ -181,7 +185,7 @@ def _server(args: argparse.Namespace) -> None:
         raise ConfigError("--tls-cert and --tls-key go together")
     cfg = load_config(args.config, args.overrides)
     tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
-    serve(cfg, args.listen, args.resume, args.tokens, tls)
+    serve(cfg, args.listen, args.resume, args.tokens, tls, args.log_format)
 
 
 def _client(args: argparse.Namespace) -> None:
@@ -193,7 +197,7 @@ def _client(args: argparse.Namespace) -> None:
     _import_plugins(args.imports)
     cfg = load_config(args.config, args.overrides)
     asyncio.run(run_client(cfg, args.server, args.client_id, args.resume, args.token_file, args.tls_ca,
-                           args.retry_for, whole_split=args.data == "all"))
+                           args.retry_for, whole_split=args.data == "all", log_format=args.log_format))
 
 
 def _cost(args: argparse.Namespace) -> None:

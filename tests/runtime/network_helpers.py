@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import socket
 import struct
@@ -16,12 +17,38 @@ from mpsl.deploy.common import NetworkThread
 from mpsl.deploy.server_app import ServerApp
 from mpsl.runtime.network import mpsl_pb2 as pb
 from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
+from mpsl.runtime.network.events import Event
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class EventLog(logging.Handler):
+    """Keeps the event records the applications log (`with EventLog() as events: ...`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[Event] = []
+        self.logger = logging.getLogger("mpsl.deploy")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.events.append(record.event)  # type: ignore[attr-defined]
+
+    def of(self, kind: type[Event]) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def __enter__(self) -> EventLog:
+        self.level = self.logger.level
+        self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.level)
 
 
 class LiveServer:

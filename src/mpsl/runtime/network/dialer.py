@@ -20,6 +20,7 @@ from mpsl.errors import MpslError
 from mpsl.protocol import Codec, CutGrad, FeatureGrad, Features, Tokens
 from mpsl.runtime.network import mpsl_pb2 as pb
 from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
+from mpsl.runtime.network.events import ClientFinished, ConnectionLost, Event, NoCheckpoint, Welcomed
 from mpsl.runtime.network.framing import Reassembler, chunks
 from mpsl.runtime.network.security import AUTH_KEY, CLIENT_ID_KEY
 from mpsl.runtime.network.service import Limits, grpc_options
@@ -45,7 +46,7 @@ class ClientApp(Protocol):
 
 
 class _Session:
-    def __init__(self, client: ClientApp, codec: Codec, limits: Limits, log: Callable[[str], None]) -> None:
+    def __init__(self, client: ClientApp, codec: Codec, limits: Limits, log: Callable[[Event], None]) -> None:
         self.client, self.codec, self.limits, self.log = client, codec, limits, log
 
     def _frames(self, msg: object) -> list[pb.ClientMessage]:
@@ -60,9 +61,9 @@ class _Session:
         done = [pb.ClientMessage(done=pb.Done())]
         if kind == "welcome":
             w = message.welcome
-            self.log(f"joined: server at epoch {w.epoch + 1}, step {w.step}")
+            self.log(Welcomed(c.client_id, w.epoch + 1, w.step, w.wire_dtype))
             if w.resume_step >= 0 and not c.restore(w.resume_step):
-                self.log(f"the server resumed from step {w.resume_step}; no checkpoint of it here, continuing")
+                self.log(NoCheckpoint(c.client_id, w.resume_step))
             return []
         if kind == "start_epoch":
             if c.epoch != message.start_epoch.epoch:  # same epoch: resumed mid-epoch, keep the data order
@@ -96,8 +97,8 @@ class _Session:
 
 
 async def dial(client: ClientApp, target: str, token: str | None, credentials: grpc.ChannelCredentials | None,
-               codec: Codec, limits: Limits, retry_for: float, log: Callable[[str], None]) -> None:
-    """Serve the server's requests until it says training is finished."""
+               codec: Codec, limits: Limits, retry_for: float, log: Callable[[Event], None]) -> None:
+    """Serve the server's requests until it says training is finished; `log` receives the client's events."""
     session = _Session(client, codec, limits, log)
     metadata = [(CLIENT_ID_KEY, str(client.client_id))] + ([(AUTH_KEY, f"Bearer {token}")] if token else [])
     last_contact, delay = time.monotonic(), 0.5
@@ -113,7 +114,7 @@ async def dial(client: ClientApp, target: str, token: str | None, credentials: g
                 replies = session.answer(message, assembler)
                 if replies is None:
                     await call.done_writing()
-                    log("training finished")
+                    log(ClientFinished(client.client_id))
                     return
                 for reply in replies:
                     await call.write(reply)
@@ -126,6 +127,6 @@ async def dial(client: ClientApp, target: str, token: str | None, credentials: g
             await channel.close()
         if time.monotonic() - last_contact > retry_for:
             raise MpslError(f"no connection to {target} for {retry_for:g} s ({reason})")
-        log(f"connection lost ({reason}); retrying in {delay:.1f} s")
+        log(ConnectionLost(client.client_id, reason, delay))
         await asyncio.sleep(delay)
         delay = min(2 * delay, 5.0)

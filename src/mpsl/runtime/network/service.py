@@ -23,6 +23,7 @@ from mpsl.errors import ClientUnavailable, ProtocolError
 from mpsl.protocol import Codec, CutGrad, FeatureGrad, Features, Tokens
 from mpsl.runtime.network import mpsl_pb2 as pb
 from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
+from mpsl.runtime.network.events import Disconnected, Dropped, Event, Joined, Refused
 from mpsl.runtime.network.framing import Reassembler, chunks
 from mpsl.runtime.network.security import AUTH_KEY, CLIENT_ID_KEY, token_matches
 from mpsl.runtime.network.validate import Expected
@@ -233,11 +234,11 @@ class RemoteHandle:
 
 
 class SplitLearningService(pb_grpc.SplitLearningServicer):
-    """Authenticates, then relays between a client's stream and its Connection."""
+    """Authenticates, then relays between a client's stream and its Connection; `log` receives its events."""
 
     def __init__(self, hub: Hub, tokens: dict[int, str] | None, num_clients: int, codec: Codec,
                  expected: Expected, limits: Limits, welcome: Callable[[], pb.Welcome],
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[Event], None]) -> None:
         self.hub, self.tokens, self.num_clients = hub, tokens, num_clients
         self.codec, self.expected, self.limits = codec, expected, limits
         self.welcome, self.log = welcome, log
@@ -247,7 +248,7 @@ class SplitLearningService(pb_grpc.SplitLearningServicer):
         raw_id = str(metadata.get(CLIENT_ID_KEY, ""))
         presented = str(metadata.get(AUTH_KEY, "")).removeprefix("Bearer ")
         if not raw_id.isdigit() or not token_matches(self.tokens, int(raw_id), presented):
-            self.log(f"refused peer={context.peer()} reason='unknown client id or wrong token'")
+            self.log(Refused(context.peer(), "unknown client id or wrong token"))
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown client id or wrong token")
         client_id = int(raw_id)
         if client_id >= self.num_clients:
@@ -258,7 +259,7 @@ class SplitLearningService(pb_grpc.SplitLearningServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a join for this client")
         conn = Connection(client_id, context.peer(), self.codec, self.expected, self.limits)
         self.hub.attach(conn)
-        self.log(f"joined client={client_id} peer={context.peer()} samples={first.join.samples}")
+        self.log(Joined(client_id, context.peer(), first.join.samples))
         reader = asyncio.create_task(self._read(conn, context))
         try:
             await context.write(pb.ServerMessage(welcome=self.welcome()))
@@ -271,8 +272,7 @@ class SplitLearningService(pb_grpc.SplitLearningServicer):
             conn.closed.set()
             self.hub.detach(conn)
             code, reason = conn.abort or (grpc.StatusCode.UNAVAILABLE, "connection lost")
-            self.log(f"{'disconnected' if code == grpc.StatusCode.OK else 'dropped'} client={client_id} "
-                     f"reason={reason!r}")
+            self.log((Disconnected if code == grpc.StatusCode.OK else Dropped)(client_id, reason))
 
     async def _read(self, conn: Connection, context: grpc.aio.ServicerContext) -> None:
         assembler = Reassembler(self.limits.max_frame_bytes)
