@@ -149,7 +149,9 @@ class DeployConfig:
     step_timeout: float = 30.0  # seconds a client has to answer each request; then it is dropped
     min_participants: int = 1  # fewer connected clients than this: the server waits
     max_client_batch: int | None = None  # largest mini-batch a client may send; None: train.batch_size
-    wire_dtype: str = "float32"  # float32 | float16 | bfloat16 (mpsl.protocol.serde.DTYPES): tensors on the wire
+    # float32 | float16 | bfloat16 (mpsl.protocol.serde.DTYPES): every tensor on the wire, both ways. The
+    # server's setting: it announces it to each client that joins, and clients encode with it, not their own
+    wire_dtype: str = "float32"
     chunk_mb: float = 1.0  # encoded messages travel in gRPC messages of at most this size
     checkpoint_every: int = 50  # steps between checkpoints (server and clients, coordinated)
     checkpoint_dir: str | None = None  # None: runs/<name>/server or runs/<name>/client-<id>

@@ -25,7 +25,7 @@ from mpsl.deploy.common import (
 from mpsl.errors import MpslError
 from mpsl.models import build_split_model
 from mpsl.parties import client_shards, split_client
-from mpsl.protocol import Codec, CutGrad, FeatureGrad, Features, SplitClient, Tokens
+from mpsl.protocol import CutGrad, FeatureGrad, Features, SplitClient, Tokens
 from mpsl.registry import check_choices
 from mpsl.runtime.network.dialer import dial
 from mpsl.runtime.network.events import ClientResumed, Restored
@@ -112,5 +112,4 @@ async def run_client(cfg: Config, target: str, client_id: int, resume: bool, tok
         report(ClientResumed(client_id, app.restore_latest()))
     expected = expected_shapes(template, dataset.spec, cfg.deploy.max_client_batch or cfg.train.batch_size)
     await dial(app, target, read_secret(token_file) if token_file else None,
-                          channel_credentials(ca) if ca else None, Codec(cfg.deploy.wire_dtype),
-                          limits(cfg, expected), retry_for, report)
+                          channel_credentials(ca) if ca else None, limits(cfg, expected), retry_for, report)

@@ -2,7 +2,8 @@
 
 The device's `SplitClient` does the work, on the event loop's own thread (the device has nothing
 else to do meanwhile, and one torch-calling thread keeps torch's thread pool uncontended); this
-module only moves its messages. Connection loss
+module only moves its messages. Tensors travel in the dtype the server announces in its Welcome (its
+deploy.wire_dtype): the client encodes with the server's setting, never its own. Connection loss
 is retried with backoff for `retry_for` seconds (a restarted server is found again); a refusal
 (wrong token, invalid message) is final and raised as an error.
 """
@@ -16,8 +17,9 @@ from typing import Protocol
 
 import grpc
 
-from mpsl.errors import MpslError
+from mpsl.errors import MpslError, ProtocolError
 from mpsl.protocol import Codec, CutGrad, FeatureGrad, Features, Tokens
+from mpsl.protocol.serde import DTYPES
 from mpsl.runtime.network import mpsl_pb2 as pb
 from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
 from mpsl.runtime.network.events import ClientFinished, ConnectionLost, Event, NoCheckpoint, Welcomed
@@ -46,11 +48,17 @@ class ClientApp(Protocol):
 
 
 class _Session:
-    def __init__(self, client: ClientApp, codec: Codec, limits: Limits, log: Callable[[Event], None]) -> None:
-        self.client, self.codec, self.limits, self.log = client, codec, limits, log
+    def __init__(self, client: ClientApp, limits: Limits, log: Callable[[Event], None]) -> None:
+        self.client, self.limits, self.log = client, limits, log
+        self.codec: Codec | None = None  # in the server's wire dtype, from its Welcome
+
+    def _codec(self) -> Codec:
+        if self.codec is None:
+            raise ProtocolError("the server sent a request before its welcome")
+        return self.codec
 
     def _frames(self, msg: object) -> list[pb.ClientMessage]:
-        frame = self.codec.encode(msg)
+        frame = self._codec().encode(msg)
         pieces = chunks(frame, self.limits.chunk_bytes)
         return [pb.ClientMessage(frame=pb.Chunk(data=d, last=last)) for d, last in pieces]
 
@@ -61,6 +69,11 @@ class _Session:
         done = [pb.ClientMessage(done=pb.Done())]
         if kind == "welcome":
             w = message.welcome
+            if w.wire_dtype not in DTYPES:
+                raise ProtocolError(f"the server puts {w.wire_dtype or 'no'!r} tensors on the wire (its "
+                                    f"deploy.wire_dtype), which this client cannot encode "
+                                    f"(registered: {', '.join(DTYPES)})")
+            self.codec = Codec(w.wire_dtype)
             self.log(Welcomed(c.client_id, w.epoch + 1, w.step, w.wire_dtype))
             if w.resume_step >= 0 and not c.restore(w.resume_step):
                 self.log(NoCheckpoint(c.client_id, w.resume_step))
@@ -77,7 +90,7 @@ class _Session:
             frame = assembler.add(message.frame.data, message.frame.last)
             if frame is None:
                 return []
-            msg = self.codec.decode(frame)
+            msg = self._codec().decode(frame)
             if isinstance(msg, Features):
                 return self._frames(c.features(msg))
             if isinstance(msg, CutGrad):
@@ -97,9 +110,9 @@ class _Session:
 
 
 async def dial(client: ClientApp, target: str, token: str | None, credentials: grpc.ChannelCredentials | None,
-               codec: Codec, limits: Limits, retry_for: float, log: Callable[[Event], None]) -> None:
+               limits: Limits, retry_for: float, log: Callable[[Event], None]) -> None:
     """Serve the server's requests until it says training is finished; `log` receives the client's events."""
-    session = _Session(client, codec, limits, log)
+    session = _Session(client, limits, log)
     metadata = [(CLIENT_ID_KEY, str(client.client_id))] + ([(AUTH_KEY, f"Bearer {token}")] if token else [])
     last_contact, delay = time.monotonic(), 0.5
     while True:
