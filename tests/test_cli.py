@@ -279,3 +279,13 @@ def test_a_partition_registered_by_an_imported_module_can_be_chosen(tmp_path: Pa
     rows = [line.split() for line in proc.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [int(r[1]) for r in rows] == [48, 24, 24]  # TINY: 96 samples, 3 clients
     assert without.returncode == 2 and "partition.kind: unknown partition 'first-gets-half'" in without.stderr
+
+
+def test_an_unknown_log_format_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("{}\n")
+
+    proc = _mpsl("server", str(config), *TINY, "--listen", "127.0.0.1:0", "--log-format", "xml", cwd=tmp_path)
+
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "--log-format xml: unknown (known: text, json)" in proc.stderr
