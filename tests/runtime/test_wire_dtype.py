@@ -71,7 +71,7 @@ def test_a_wire_dtype_the_client_cannot_encode_is_refused_by_name(announced: str
     with pytest.raises(ProtocolError) as refused:
         session.answer(_welcome(announced), Reassembler(LIMITS.max_frame_bytes))
 
-    assert f"puts {announced or 'no'!r} tensors on the wire" in str(refused.value)
+    assert f"announces {repr(announced) if announced else 'no'} wire dtype" in str(refused.value)
     assert ", ".join(DTYPES) in str(refused.value)
 
 

@@ -70,9 +70,9 @@ class _Session:
         if kind == "welcome":
             w = message.welcome
             if w.wire_dtype not in DTYPES:
-                raise ProtocolError(f"the server puts {w.wire_dtype or 'no'!r} tensors on the wire (its "
-                                    f"deploy.wire_dtype), which this client cannot encode "
-                                    f"(registered: {', '.join(DTYPES)})")
+                announced = repr(w.wire_dtype) if w.wire_dtype else "no"
+                raise ProtocolError(f"the server announces {announced} wire dtype (its deploy.wire_dtype), which "
+                                    f"this client cannot encode (registered: {', '.join(DTYPES)})")
             self.codec = Codec(w.wire_dtype)
             self.log(Welcomed(c.client_id, w.epoch + 1, w.step, w.wire_dtype))
             if w.resume_step >= 0 and not c.restore(w.resume_step):
