@@ -1,7 +1,8 @@
 """gRPC loopback vs in-process: samples/s of the same MPSL training, and bytes on the wire per sample.
 
 Starts `mpsl server` and N `mpsl client` processes on 127.0.0.1 (one thread each, as edge devices
-would have), reads the server's step log, and runs the same config through the in-process runtime.
+would have), reads the server's step events (its JSON log), and runs the same config through the
+in-process runtime.
 Run:
 
     .venv/bin/python benchmarks/network_throughput.py [--clients 1 4 16] [--epochs 2]
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -24,6 +24,7 @@ from mpsl.data import load_dataset
 from mpsl.deploy.common import expected_shapes
 from mpsl.experiment.methods.split_learning import Mpsl
 from mpsl.models import build_split_model
+from mpsl.runtime.network.events import Finished, Step, read_events
 
 # a fixed small model: random ViT-Ti-like encoder (192 wide, 4 blocks), 10 tokens per sample, B = 64
 SETTINGS = ["data.name=synthetic-av", "data.train_size=2048", "data.test_size=64", "model.encoder.source=random",
@@ -49,7 +50,8 @@ def loopback(clients: int, epochs: int, workdir: Path) -> dict[str, float]:
     log = workdir / f"server{clients}.log"
     with open(log, "w") as out:
         server = subprocess.Popen([sys.executable, "-m", "mpsl", "server", str(config), *overrides,
-                                   "--listen", f"127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT)
+                                   "--listen", f"127.0.0.1:{port}", "--log-format", "json"], stdout=out,
+                                  stderr=subprocess.STDOUT)
         time.sleep(1.0)
         procs = [subprocess.Popen([sys.executable, "-m", "mpsl", "client", str(config), *overrides, "--server",
                                    f"127.0.0.1:{port}", "--client-id", str(k)], env=env, stdout=subprocess.DEVNULL,
@@ -58,14 +60,15 @@ def loopback(clients: int, epochs: int, workdir: Path) -> dict[str, float]:
         for p in procs:
             p.wait(timeout=60)
     text = log.read_text()
-    finished = re.search(r"event=finished step=(\d+) samples=(\d+) step_seconds=([\d.]+)", text)
-    if finished is None:
+    events = read_events(text)
+    finished = [e for e in events if isinstance(e, Finished)]
+    if not finished:
         raise RuntimeError(f"the server did not finish:\n{text[-2000:]}")
-    steps = [tuple(map(int, m)) for m in re.findall(r"samples=(\d+) loss=\S+ bytes_up=(\d+) bytes_down=(\d+)", text)]
-    samples = sum(s for s, _, _ in steps)
-    return {"samples_per_s": int(finished.group(2)) / float(finished.group(3)),
-            "up_per_sample": sum(u for _, u, _ in steps) / samples,
-            "down_per_sample": sum(d for _, _, d in steps) / samples}
+    steps = [e for e in events if isinstance(e, Step)]
+    samples = sum(s.samples for s in steps)
+    return {"samples_per_s": finished[0].samples / finished[0].step_seconds,
+            "up_per_sample": sum(s.bytes_up for s in steps) / samples,
+            "down_per_sample": sum(s.bytes_down for s in steps) / samples}
 
 
 def in_process(clients: int, epochs: int) -> float:

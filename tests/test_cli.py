@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from mpsl.experiment.results import RunResult
 from tests.helpers import TINY
 
 
@@ -23,7 +23,8 @@ def _mpsl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ("train:\n  epochs: many\n", [], "train.epochs"),
         ("trian: {}\n", [], "trian"),
         ("", ["num_clients=100000"], "num_clients"),
-        ("", ["data.name=imagenet"], "unknown dataset 'imagenet'"),
+        ("", ["data.name=imagenet"], "data.name: unknown dataset 'imagenet' (registered: avdigits, "),
+        ("", ["model.fusion=x"], "model.fusion: unknown fusion 'x' (registered: dual, early, late)"),
         ("", ["model.encoder.source=random", "model.encoder.depth=2", "model.encoder.trainable_blocks=3",
               "data.name=synthetic-av"], "trainable_blocks"),
         ("model: [1, 2\n", [], "not valid YAML"),
@@ -57,8 +58,8 @@ def test_run_writes_results(tmp_path: Path) -> None:
     proc = _mpsl("run", str(config), *TINY, f"out_dir={tmp_path}", cwd=tmp_path)
 
     assert proc.returncode == 0, proc.stderr
-    results = json.loads((tmp_path / "cli" / "mpsl" / "results.json").read_text())
-    assert results["num_clients"] == 3
+    results = RunResult.load(tmp_path / "cli" / "mpsl" / "results.json")
+    assert results.num_clients == 3
     assert "| mpsl " in proc.stdout
 
 
@@ -93,9 +94,9 @@ def test_import_registers_a_users_own_dataset(tmp_path: Path) -> None:
 
     # Assert
     assert proc.returncode == 0, proc.stderr
-    results = json.loads((tmp_path / "mine" / "mpsl" / "results.json").read_text())
-    assert results["dataset"] == "mine"
-    assert "test_accuracy_img_only" not in results["final"]  # one modality: no ablation
+    results = RunResult.load(tmp_path / "mine" / "mpsl" / "results.json")
+    assert results.dataset == "mine"
+    assert "test_accuracy_img_only" not in results.final  # one modality: no ablation
 
 
 def test_unknown_import_is_one_line(tmp_path: Path) -> None:
@@ -146,7 +147,7 @@ def test_compare_reuses_finished_methods_unless_settings_change_or_forced(tmp_pa
     # a changed setting retrains and says why; --force retrains regardless
     proc = _mpsl("compare", str(config), "--methods", "mpsl", *common, "train.server_lr=2e-3", cwd=tmp_path)
     assert "train.server_lr" in proc.stdout and "retraining" in proc.stdout
-    assert json.loads(mpsl_results.read_text())["config"]["train"]["server_lr"] == 2e-3
+    assert RunResult.load(mpsl_results).config.train.server_lr == 2e-3
     second = mpsl_results.read_bytes()
     proc = _mpsl("compare", str(config), "--methods", "mpsl", "--force", *common, "train.server_lr=2e-3",
                  cwd=tmp_path)
@@ -199,10 +200,10 @@ def test_demo_runs_the_packaged_config(tmp_path: Path) -> None:
     # Assert
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "avdigits-demo"
-    results = json.loads((run / "mpsl" / "results.json").read_text())
-    assert results["dataset"] == "avdigits" and results["num_clients"] == 8
-    assert results["config"]["model"]["image"]["patch"] == [14, 14]  # from the packaged demo config
-    assert {"test_accuracy_image_only", "test_accuracy_audio_only"} <= set(results["final"])
+    results = RunResult.load(run / "mpsl" / "results.json")
+    assert results.dataset == "avdigits" and results.num_clients == 8
+    assert results.config.model.image.patch == (14, 14)  # from the packaged demo config
+    assert {"test_accuracy_image_only", "test_accuracy_audio_only"} <= set(results.final)
     for method in ("fedavg", "centralized"):
         assert (run / method / "results.json").is_file()
     assert (run / "compare.md").is_file() and (run / "accuracy.png").is_file()
@@ -254,3 +255,38 @@ def test_partition_report_of_retrieval_shards_gives_sizes_and_refuses_a_label_he
     rows = [line.split() for line in proc.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert rows == [["0", str(fx.train // 2)], ["1", str(fx.train // 2)]]  # sizes, no label columns
     assert heat.returncode == 2 and "no labels" in heat.stderr
+
+
+def test_a_partition_registered_by_an_imported_module_can_be_chosen(tmp_path: Path) -> None:
+    # Prepare: a user's module that registers a partition under a new name
+    (tmp_path / "my_partition.py").write_text(
+        "import numpy as np\n"
+        "from mpsl.data import PARTITIONS\n"
+        "@PARTITIONS.register('first-gets-half')\n"
+        "def first_gets_half(labels, num_clients, cfg, rng):\n"
+        "    half = len(labels) // 2\n"
+        "    rest = np.array_split(np.arange(half, len(labels)), num_clients - 1)\n"
+        "    return [np.arange(half), *rest]\n"
+    )
+    config = tmp_path / "p.yaml"
+    config.write_text("partition: {kind: first-gets-half}\n")
+
+    # Execute
+    proc = _mpsl("data", "partition-report", "-i", "my_partition", str(config), *TINY, cwd=tmp_path)
+    without = _mpsl("data", "partition-report", str(config), *TINY, cwd=tmp_path)
+
+    # Assert
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert [int(r[1]) for r in rows] == [48, 24, 24]  # TINY: 96 samples, 3 clients
+    assert without.returncode == 2 and "partition.kind: unknown partition 'first-gets-half'" in without.stderr
+
+
+def test_an_unknown_log_format_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("{}\n")
+
+    proc = _mpsl("server", str(config), *TINY, "--listen", "127.0.0.1:0", "--log-format", "xml", cwd=tmp_path)
+
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "--log-format xml: unknown (known: text, json)" in proc.stderr

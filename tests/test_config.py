@@ -155,3 +155,92 @@ def test_a_dataset_of_known_size_refuses_too_many_clients_before_preparing_it(tm
     with pytest.raises(ConfigError, match="num_clients: 1000 clients"):
         check_names(cfg)
     assert not any(tmp_path.iterdir())  # nothing was prepared
+
+
+def _config_choices() -> dict:
+    """Every config key that names a registry entry, with its registry (all of them imported first)."""
+    import importlib
+
+    from mpsl.registry import config_choices
+
+    for module in ("mpsl.experiment.run", "mpsl.deploy.server_app"):  # data, models, protocol, methods
+        importlib.import_module(module)
+
+    return config_choices()
+
+
+CHOICES = _config_choices()
+
+
+def _value(cfg: Config, key: str):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def test_the_registries_declare_the_config_keys_whose_choices_they_hold() -> None:
+    # Prepare
+    import dataclasses
+    import typing
+
+    from mpsl import config
+
+    # Execute
+    keys = set(CHOICES)
+
+    # Assert: every extensible choice is declared, and the config lists none of their names itself
+    assert {"data.name", "partition.kind", "model.fusion", "model.pooling", "model.adapter", "fl.adapter",
+            "model.encoder.source", "model.encoder.finetune", "model.encoder.act", "model.precision",
+            "deploy.wire_dtype", "methods"} <= keys
+    for key in keys:
+        *section, leaf = key.split(".")
+        cls = config.Config
+        for part in section:
+            cls = typing.get_type_hints(cls)[part]
+        hint = typing.get_type_hints(cls)[leaf]
+        assert leaf in {f.name for f in dataclasses.fields(cls)}
+        assert hint in (str, str | None, tuple[str, ...]), f"{key} is typed {hint}, not a string checked by name"
+
+
+@pytest.mark.parametrize(("key", "name"), [(k, n) for k, registry in CHOICES.items() for n in registry],
+                         ids=lambda v: str(v))
+def test_every_registered_name_is_accepted_by_the_config(key: str, name: str) -> None:
+    from mpsl.registry import check_choices
+
+    value = (name,) if key == "methods" else name
+
+    cfg = Config().replace(**{key: list(value) if key == "methods" else value})
+    check_choices(cfg)
+
+    assert _value(cfg, key) == value
+
+
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_an_unknown_name_is_one_line_that_lists_the_registered_ones(key: str) -> None:
+    from mpsl.registry import check_choices
+
+    cfg = Config().replace(**{key: ["no-such-name"] if key == "methods" else "no-such-name"})
+
+    with pytest.raises(ConfigError) as err:
+        check_choices(cfg)
+
+    registry = CHOICES[key]
+    assert str(err.value) == f"{key}: unknown {registry.kind} 'no-such-name' (registered: {', '.join(registry)})"
+    assert len(registry.names()) >= 1 and "\n" not in str(err.value)
+
+
+def test_a_fusion_registered_by_a_plugin_at_runtime_is_accepted(monkeypatch) -> None:
+    # Prepare: what a module passed to `mpsl run -i` does
+    from mpsl.models import FUSIONS
+    from mpsl.registry import check_choices
+
+    cfg = Config().replace(**{"model.fusion": "my-fusion"})
+    with pytest.raises(ConfigError, match="model.fusion: unknown fusion 'my-fusion'"):
+        check_choices(cfg)
+    monkeypatch.setitem(FUSIONS._items, "my-fusion", FUSIONS.get("early"))
+
+    # Execute
+    check_choices(cfg)
+
+    # Assert
+    assert cfg.model.fusion == "my-fusion" and "my-fusion" in FUSIONS

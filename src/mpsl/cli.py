@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--tls-key", metavar="FILE", help="client private key (PEM)")
     client.add_argument("--retry-for", type=float, default=300.0, metavar="SECONDS",
                         help="keep reconnecting this long after losing the server (default 300)")
+    for deployed in (server, client):
+        deployed.add_argument("--log-format", default="text", metavar="FORMAT",
+                              help="text: one `event=<name> key=value ...` line per event (default); json: one "
+                                   "JSON object per line with the event's name and fields")
 
     cost = sub.add_parser("cost", help="per-sample FLOPs and bytes of MPSL vs FL for the paper's tasks and backbones")
     cost.add_argument("--preset", help="backbone, e.g. vit-b16 (`mpsl list`)")
@@ -188,7 +192,8 @@ def _server(args: argparse.Namespace) -> None:
 
     _import_plugins(args.imports)
     cfg = load_config(args.config, args.overrides)
-    serve(cfg, args.listen, args.resume, args.tokens, _cert_and_key(args), args.tls_client_ca, args.public_status)
+    serve(cfg, args.listen, args.resume, args.tokens, _cert_and_key(args), args.tls_client_ca, args.public_status,
+          args.log_format)
 
 
 def _cert_and_key(args: argparse.Namespace) -> tuple[str, str] | None:
@@ -208,7 +213,8 @@ def _client(args: argparse.Namespace) -> None:
     _import_plugins(args.imports)
     cfg = load_config(args.config, args.overrides)
     asyncio.run(run_client(cfg, args.server, args.client_id, args.resume, args.token_file, args.tls_ca,
-                           args.retry_for, whole_split=args.data == "all", client_cert=_cert_and_key(args)))
+                           args.retry_for, whole_split=args.data == "all", client_cert=_cert_and_key(args),
+                           log_format=args.log_format))
 
 
 def _cost(args: argparse.Namespace) -> None:

@@ -1,7 +1,10 @@
 """Typed, frozen run configuration: defaults follow the paper, YAML files and `key=value` overrides refine it.
 
 Every error names the offending key and says what was expected, so a typo never silently falls back
-to a default.
+to a default. A key whose value names a registry entry (a fusion, a partition, a dataset...) is a plain
+string here: its registry declares the key and `mpsl.registry.check_choices` checks it against what is
+registered, plugins included, so the names are listed in one place only. Literals are left for the
+choices no plugin can extend.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any, Literal
 import yaml
 
 from mpsl.errors import ConfigError
+
+TextKind = Literal["text", "clip-text", "sentence"]  # what mpsl.data.text turns sentences into
 
 
 @dataclass(frozen=True)
@@ -35,14 +40,14 @@ class DataConfig:
     # text modalities: text (WordPiece ids for the encoder's own words), clip-text (CLIP ids for the client's
     # frozen CLIP text tower), sentence (a frozen sentence encoder's vectors); null: text for one sentence
     # per sample, sentence for several (retrieval's five captions)
-    text: Literal["text", "clip-text", "sentence"] | None = None
+    text: TextKind | None = None
     text_tokenizer: str | None = None  # local Hugging Face folder (clip-text: a CLIP); None: the packaged MiniLM
     text_length: int = 32  # tokens per sentence (truncated / padded)
 
 
 @dataclass(frozen=True)
 class PartitionConfig:
-    kind: Literal["iid", "shards", "dirichlet", "quantity"] = "dirichlet"
+    kind: str = "dirichlet"  # a name in mpsl.data.PARTITIONS (`mpsl list`), a plugin's too
     alpha: float = 0.5  # Dirichlet concentration (dirichlet: of labels, quantity: of sizes); small = strong skew
     min_size: int = 10  # resample until every client holds at least this many samples
     # missing modalities: this fraction of the clients holds only one modality (`missing_keep`, or one
@@ -65,18 +70,18 @@ class EncoderConfig:
     path: str | None = None  # local model directory; None: the packaged default of `source`
     # last_k: the last `trainable_blocks` blocks train (paper); frozen: none (Meta-Transformer style);
     # lora: low-rank adapters (peft) on the blocks' Linear layers, the blocks themselves frozen
-    finetune: Literal["last_k", "frozen", "lora"] = "last_k"
+    finetune: str = "last_k"  # a name in mpsl.models.finetune.FINETUNING
     trainable_blocks: int | None = None  # the last k blocks train; None: half of them (paper)
     lora: LoraSettings = field(default_factory=LoraSettings)
     dropout: float = 0.0
     # architecture of the random sources (`random`: BERT blocks, `vit`: ViT blocks); `preset` (e.g. vit-b16)
     # sets width/depth/heads/mlp_ratio at once and gives timm/open_clip checkpoints their head count
-    preset: str | None = None
+    preset: str | None = None  # a name in mpsl.models.PRESETS
     width: int = 384
     depth: int = 6
     heads: int = 12
     mlp_ratio: float = 4.0
-    act: Literal["gelu", "quick_gelu"] = "gelu"  # ViT MLP activation (OpenAI CLIP weights: quick_gelu)
+    act: str = "gelu"  # ViT MLP activation in mpsl.models.vit.ACTIVATIONS (OpenAI CLIP weights: quick_gelu)
 
 
 @dataclass(frozen=True)
@@ -100,17 +105,18 @@ class ModelConfig:
     image: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(patch=(16, 16)))  # ViT-B/16
     audio: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(patch=(16, 16), stride=(10, 10)))  # AST
     # early: one joint sequence; late: one pass per modality; dual (retrieval): the first modality and
-    # each sentence of the others embedded on their own. null: the dataset's own (paper's) choice
-    fusion: Literal["early", "late", "dual"] | None = None
-    pooling: Literal["cls", "mean"] = "cls"  # one feature per modality: its CLS output, or its token mean
+    # each sentence of the others embedded on their own (mpsl.models.FUSIONS). null: the dataset's own
+    # (paper's) choice
+    fusion: str | None = None
+    pooling: str = "cls"  # one feature per modality (mpsl.models.POOLINGS): its CLS output, or its token mean
     head: Literal["client", "server"] = "client"  # client: labels never leave the client
     # FedCLIP-style attention adapter on the pooled features (Linear-Tanh-Linear-Softmax, multiplied
-    # onto them): one per modality, one shared by all, or none. `fedavg-adapter` turns it on.
-    adapter: Literal["none", "per-modality", "shared"] = "none"
+    # onto them): per-modality, shared by all, or none (mpsl.models.ADAPTERS). `fedavg-adapter` turns it on.
+    adapter: str = "none"
     # the client-side frozen text encoder of `clip-text` modalities (the paper's text recipe): a local
     # Hugging Face CLIP directory whose text tower turns each sentence into one vector
     text_encoder: str | None = None
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # the server encoder under autocast (fp16: grad scaler)
+    precision: str = "fp32"  # fp32 | bf16 | fp16: the server encoder under autocast (fp16: grad scaler)
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)  # retrieval datasets only
 
 
@@ -134,7 +140,7 @@ class FLConfig:
 
     local_epochs: int = 1
     clients_per_round: int | None = None  # None: all clients every round (paper)
-    adapter: Literal["per-modality", "shared"] = "per-modality"  # what fedavg-adapter trains
+    adapter: str = "per-modality"  # what fedavg-adapter trains (mpsl.models.ADAPTERS)
 
 
 @dataclass(frozen=True)
@@ -153,7 +159,9 @@ class DeployConfig:
     step_timeout: float = 30.0  # seconds a client has to answer each request; then it is dropped
     min_participants: int = 1  # fewer connected clients than this: the server waits
     max_client_batch: int | None = None  # largest mini-batch a client may send; None: train.batch_size
-    wire_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # tensors on the wire
+    # float32 | float16 | bfloat16 (mpsl.protocol.serde.DTYPES): every tensor on the wire, both ways. The
+    # server's setting: it announces it to each client that joins, and clients encode with it, not their own
+    wire_dtype: str = "float32"
     chunk_mb: float = 1.0  # encoded messages travel in gRPC messages of at most this size
     checkpoint_every: int = 50  # steps between checkpoints (server and clients, coordinated)
     checkpoint_dir: str | None = None  # None: runs/<name>/server or runs/<name>/client-<id>
@@ -351,7 +359,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# validation of values (registry names are checked where the registries live: mpsl.experiment)
+# validation of values (registry names are checked where the registries live: mpsl.registry.check_choices)
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")

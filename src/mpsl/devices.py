@@ -14,8 +14,12 @@ import torch
 from torch import nn
 
 from mpsl.errors import ConfigError
+from mpsl.registry import Registry
 
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# model.precision: the autocast dtype of every method's training forward (None: plain fp32)
+PRECISIONS: Registry[torch.dtype | None] = Registry("precision", config_keys=("model.precision",))
+for _name, _dtype in (("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+    PRECISIONS.register(_name)(_dtype)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,8 +66,8 @@ def pin(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, tor
 
 def check_precision(precision: str) -> torch.dtype | None:
     if precision not in PRECISIONS:
-        raise ConfigError(f"model.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
-    return PRECISIONS[precision]
+        raise ConfigError(f"model.precision: {PRECISIONS.unknown(precision)}")
+    return PRECISIONS.get(precision)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,6 @@
-"""`mpsl server` and `mpsl client` as separate processes on 127.0.0.1: the deployment a user runs."""
+"""`mpsl server` and `mpsl client` as separate processes on 127.0.0.1: the deployment a user runs.
+
+Every process logs its events as JSON lines (`--log-format json`); the tests read them back as records."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,18 @@ from safetensors.torch import load_file
 from mpsl.config import load_config
 from mpsl.data import load_dataset
 from mpsl.experiment.methods.split_learning import Mpsl
+from mpsl.runtime.network.events import (
+    Checkpoint,
+    Dropped,
+    Event,
+    Finished,
+    Listening,
+    Refused,
+    Restored,
+    Resumed,
+    Step,
+    read_events,
+)
 from tests.helpers import TINY
 from tests.runtime.network_helpers import free_port
 
@@ -25,7 +40,7 @@ DEPLOY = ["deploy.step_timeout=20", "deploy.chunk_mb=0.01"]  # 10 KB chunks: eve
 
 
 class Cluster:
-    """A server and clients started with `python -m mpsl`, each logging to its own file."""
+    """A server and clients started with `python -m mpsl`, each logging its events to its own file."""
 
     def __init__(self, tmp: Path, *overrides: str) -> None:
         self.tmp, self.port = tmp, free_port()
@@ -34,8 +49,8 @@ class Cluster:
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "a")  # noqa: SIM115 (closed with the process)
-        proc = subprocess.Popen([sys.executable, "-m", "mpsl", *args], stdout=log, stderr=subprocess.STDOUT,
-                                cwd=self.tmp, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.Popen([sys.executable, "-m", "mpsl", *args, "--log-format", "json"], stdout=log,
+                                stderr=subprocess.STDOUT, cwd=self.tmp, env={**os.environ, "OMP_NUM_THREADS": "1"})
         self.procs[name] = proc
         return proc
 
@@ -49,12 +64,19 @@ class Cluster:
     def log(self, name: str) -> str:
         return (self.tmp / f"{name}.log").read_text()
 
-    def wait_for(self, name: str, text: str, timeout: float = 120) -> None:
+    def events(self, name: str, kind: type[Event] = Event) -> list:
+        """The records `name` has logged so far, of one kind (default: all), in order."""
+        return [e for e in read_events(self.log(name)) if isinstance(e, kind)]
+
+    def wait_for(self, name: str, kind: type[Event], match: Callable[[Event], bool] = lambda e: True,
+                 timeout: float = 120) -> Event:
+        """The first event of `kind` that `match`es, once `name` has logged it."""
         deadline = time.monotonic() + timeout
-        while text not in self.log(name):
+        while not (found := [e for e in self.events(name, kind) if match(e)]):
             assert self.procs[name].poll() is None, f"{name} exited:\n{self.log(name)}"
-            assert time.monotonic() < deadline, f"{text!r} not in {name}'s log:\n{self.log(name)}"
+            assert time.monotonic() < deadline, f"no {kind.__name__} event in {name}'s log:\n{self.log(name)}"
             time.sleep(0.1)
+        return found[0]
 
     def finish(self, name: str, timeout: float = 180) -> int:
         try:
@@ -108,7 +130,7 @@ def test_three_client_processes_train_the_same_model_as_the_in_process_runtime(c
         weights = load_file(saved)
         for name, tensor in model.state_dict().items():
             torch.testing.assert_close(weights[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
-    assert net.log("server").count("event=step ") == reference.step
+    assert len(net.events("server", Step)) == reference.step
 
 
 def test_a_killed_client_is_dropped_and_the_others_finish(cluster) -> None:
@@ -116,16 +138,16 @@ def test_a_killed_client_is_dropped_and_the_others_finish(cluster) -> None:
     net.server()
     for k in range(3):
         net.client(k)
-    net.wait_for("server", "participants=0,1,2 ")  # all three are training
+    net.wait_for("server", Step, lambda e: e.participants == (0, 1, 2))  # all three are training
 
     net.procs["client2"].send_signal(signal.SIGKILL)
 
     assert net.finish("server") == 0, net.log("server")
-    log = net.log("server")
-    assert "event=dropped client=2" in log and "event=finished" in log
-    later = [line for line in log[log.index("event=dropped client=2"):].splitlines()
-             if "event=step " in line and "dropped=2" not in line]  # a step in flight may still count it
-    assert later and not any("participants=0,1,2" in line for line in later)
+    events = net.events("server")
+    drop = next(i for i, e in enumerate(events) if isinstance(e, Dropped) and e.client == 2)
+    assert len([e for e in events[drop:] if isinstance(e, Finished)]) == 1
+    later = [e for e in events[drop:] if isinstance(e, Step) and 2 not in e.dropped]  # one in flight may count it
+    assert later and all(2 not in e.participants for e in later)
 
 
 def test_a_killed_server_resumes_from_its_checkpoint_and_the_clients_reconnect(cluster) -> None:
@@ -133,7 +155,7 @@ def test_a_killed_server_resumes_from_its_checkpoint_and_the_clients_reconnect(c
     net.server()
     for k in range(3):
         net.client(k)
-    net.wait_for("server", "event=checkpoint step=15 ")
+    net.wait_for("server", Checkpoint, lambda e: e.step == 15)
 
     net.procs["server"].send_signal(signal.SIGKILL)
     net.procs["server"].wait()
@@ -141,13 +163,13 @@ def test_a_killed_server_resumes_from_its_checkpoint_and_the_clients_reconnect(c
 
     assert net.finish("server2") == 0, net.log("server2")
     assert [net.finish(f"client{k}") for k in range(3)] == [0, 0, 0]
-    resumed = net.log("server2")
-    assert "event=resumed step=" in resumed and "event=finished" in resumed
-    step = int(resumed.split("event=resumed step=")[1].split()[0])
-    assert step >= 15 and f"event=step step={step + 1} " in resumed
-    assert f"event=step step={step} " not in resumed  # nothing before the checkpoint is trained again
+    (resumed,) = net.events("server2", Resumed)
+    steps = [e.step for e in net.events("server2", Step)]
+    assert resumed.step >= 15 and steps[0] == resumed.step + 1  # nothing before the checkpoint is trained again
+    assert steps == list(range(resumed.step + 1, resumed.step + 1 + len(steps)))
+    assert len(net.events("server2", Finished)) == 1
     for k in range(3):
-        assert f"event=restored client={k} step={step}" in net.log(f"client{k}")
+        assert Restored(client=k, step=resumed.step) in net.events(f"client{k}")
 
 
 def test_a_client_with_a_wrong_token_is_refused(cluster, tmp_path: Path) -> None:
@@ -160,7 +182,8 @@ def test_a_client_with_a_wrong_token_is_refused(cluster, tmp_path: Path) -> None
 
     assert net.finish("client0", timeout=60) == 2
     assert "UNAUTHENTICATED" in net.log("client0") and "Traceback" not in net.log("client0")
-    net.wait_for("server", "event=refused")
+    refused = net.wait_for("server", Refused)
+    assert refused.reason == "unknown client id or wrong token" and net.events("server", Step) == []
 
 
 def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
@@ -199,4 +222,5 @@ def test_tls_clients_trust_only_the_servers_certificate(cluster, tmp_path: Path)
 
     net.client(0, "--tls-ca", str(cert))
     assert net.finish("client0", timeout=120) == 0, net.log("client0")
-    assert net.finish("server") == 0 and "tls=on" in net.log("server")
+    assert net.finish("server") == 0
+    assert [e.tls for e in net.events("server", Listening)] == ["on"]

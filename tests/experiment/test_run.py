@@ -8,11 +8,13 @@ import torch
 
 from mpsl.data import DATASETS
 from mpsl.data.sources import FILE_DATASETS
+from mpsl.experiment.results import SCHEMA_VERSION, RunResult
 from mpsl.experiment.run import run_experiment
 from tests.helpers import tiny_config
 
-REQUIRED_TOP = {"method", "dataset", "num_clients", "epochs", "seed", "config", "history", "final", "comm",
-                "flops", "params", "client_memory_bytes", "wall_seconds", "versions"}
+# the layout people read without mpsl: these keys stay where they were before the schema had a version
+REQUIRED_TOP = {"schema_version", "method", "dataset", "num_clients", "epochs", "seed", "config", "history", "final",
+                "comm", "flops", "params", "client_memory_bytes", "wall_seconds", "versions"}
 
 
 def test_a_short_run_learns_and_writes_valid_results(tmp_path: Path) -> None:
@@ -26,32 +28,35 @@ def test_a_short_run_learns_and_writes_valid_results(tmp_path: Path) -> None:
     # Assert
     run_dir = tmp_path / "e2e"
     for method, result in zip(cfg.methods, returned, strict=True):
-        saved = json.loads((run_dir / method / "results.json").read_text())
-        assert set(saved) >= REQUIRED_TOP
-        assert saved["method"] == method and saved["dataset"] == "synthetic-av"
-        assert [h["epoch"] for h in saved["history"]] == [1, 2, 3, 4]
-        assert {"epoch", "train_loss", "test_accuracy"} <= set(saved["history"][0])
-        losses = [h["train_loss"] for h in saved["history"]]
+        path = run_dir / method / "results.json"
+        saved = RunResult.load(path)
+        assert saved == result  # what was returned is what a reader gets back
+        assert set(json.loads(path.read_text())) >= REQUIRED_TOP
+        assert saved.schema_version == SCHEMA_VERSION
+        assert saved.method == method and saved.dataset == "synthetic-av"
+        assert [h.epoch for h in saved.history] == [1, 2, 3, 4]
+        assert set(saved.history[0].test) == {"test_accuracy"}
+        losses = [h.train_loss for h in saved.history]
         assert losses[-1] < 0.7 * losses[0], f"{method} did not learn: {losses}"
-        assert saved["final"]["test_accuracy"] > 0.5  # 4 classes: chance is 0.25
-        assert {"test_accuracy_image_only", "test_accuracy_audio_only"} <= set(saved["final"])
-        assert saved["config"]["methods"] == list(cfg.methods) and saved["seed"] == cfg.seed
-        assert {"mpsl", "torch", "python", "git_commit"} <= set(saved["versions"])
+        assert saved.headline == saved.final["test_accuracy"] > 0.5  # 4 classes: chance is 0.25
+        assert {"test_accuracy_image_only", "test_accuracy_audio_only"} <= set(saved.final)
+        assert saved.config.methods == cfg.methods and saved.seed == cfg.seed
+        assert saved.versions.torch == torch.__version__
         assert all((run_dir / method / f"{part}.safetensors").is_file() for part in ("client", "server"))
-        assert saved["config"]["model"]["encoder"]["source"] == "random"
-        assert saved == json.loads(json.dumps(result))
-    by_method = {r["method"]: r for r in returned}
-    assert len(by_method["mpsl"]["final"]["test_accuracy_personalized"]) == cfg.num_clients
+        assert saved.config.model.encoder.source == "random"
+    by_method = {r.method: r for r in returned}
+    assert len(by_method["mpsl"].personalized) == cfg.num_clients and by_method["fedavg"].personalized == ()
+    assert by_method["mpsl"].personalized_mean == pytest.approx(sum(by_method["mpsl"].personalized) / cfg.num_clients)
     # MPSL clients run only tokenizers and head; FedAvg clients and the centralized party the whole model
-    mpsl, fedavg, central = by_method["mpsl"], by_method["fedavg"], by_method["centralized"]
-    assert mpsl["flops"]["server_per_sample"] > mpsl["flops"]["client_per_sample"] > 0
-    whole = mpsl["flops"]["model_per_sample"]
-    assert fedavg["flops"]["client_per_sample"] == central["flops"]["client_per_sample"] == whole
-    assert mpsl["client_memory_bytes"]["total"] < fedavg["client_memory_bytes"]["total"]
-    assert mpsl["params"]["client_trainable"] < fedavg["params"]["client_trainable"]
-    for r in (mpsl, fedavg):
-        assert r["comm"]["bytes_up_per_client"] > 0 and r["comm"]["bytes_down_per_client"] > 0
-    assert central["comm"]["bytes_up_per_client"] == 0
+    mpsl, fedavg, central = (by_method[m].cost for m in ("mpsl", "fedavg", "centralized"))
+    assert mpsl.flops.server_per_sample > mpsl.flops.client_per_sample > 0
+    whole = mpsl.flops.model_per_sample
+    assert fedavg.flops.client_per_sample == central.flops.client_per_sample == whole
+    assert mpsl.client_memory_bytes.total < fedavg.client_memory_bytes.total
+    assert mpsl.params.client_trainable < fedavg.params.client_trainable
+    for name in ("mpsl", "fedavg"):
+        assert by_method[name].comm.bytes_up_per_client > 0 and by_method[name].comm.bytes_down_per_client > 0
+    assert by_method["centralized"].comm.bytes_up_per_client == 0
     assert (run_dir / "accuracy.png").stat().st_size > 10_000
     assert "| mpsl " in (run_dir / "compare.md").read_text()
 
@@ -65,10 +70,10 @@ def test_every_registered_dataset_trains_a_few_mpsl_steps(name: str, tmp_path: P
 
     (result,) = run_experiment(cfg)
 
-    assert result["dataset"] == name
-    assert result["history"][0]["steps"] >= 1
-    assert 0.0 <= result["final"]["test_accuracy"] <= 1.0
-    assert sum(result["samples_per_client"]) == 60
+    assert result.dataset == name
+    assert result.history[0].steps >= 1
+    assert 0.0 <= result.final["test_accuracy"] <= 1.0
+    assert sum(result.samples_per_client) == 60
 
 
 def test_tensorboard_logging_writes_the_per_round_scalars(tmp_path: Path) -> None:
@@ -93,8 +98,8 @@ def test_results_record_where_they_came_from() -> None:
 
     info = versions()
 
-    assert info["torch"] == torch.__version__
-    commit = info["git_commit"]
+    assert info.torch == torch.__version__
+    commit = info.git_commit
     assert commit is None or len(commit.removesuffix("+dirty")) == 40
 
 
@@ -118,10 +123,11 @@ def test_a_retrieval_run_reports_recall_both_ways_and_reevaluates_the_same(tmp_p
     # Assert
     keys = {f"test_{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)} | {"test_recall_mean"}
     for r in results:
-        assert r["task"] == "retrieval" and r["metric"] == "test_recall_mean"
-        assert keys <= set(r["final"]) and all(0.0 <= r["final"][k] <= 1.0 for k in keys)
-        assert not any(k.endswith("_only") for k in r["final"])  # no modality ablations for retrieval
+        assert r.task == "retrieval" and r.metric == "test_recall_mean"
+        assert keys <= set(r.final) and all(0.0 <= r.final[k] <= 1.0 for k in keys)
+        assert not any(k.endswith("_only") for k in r.final)  # no modality ablations for retrieval
     table = (tmp_path / "ret" / "compare.md").read_text()
     assert "i2t R@1 %" in table and "t2i R@10 %" in table and "mean R@K %" in table
     for row, r in zip(again, results, strict=True):
-        assert row["test_recall_mean"] == pytest.approx(r["final"]["test_recall_mean"])
+        assert row.method == r.method and row.saved == r.headline
+        assert row.scores["test_recall_mean"] == pytest.approx(r.final["test_recall_mean"])

@@ -134,6 +134,6 @@ def test_results_and_the_report_say_which_clients_held_one_modality(tmp_path) ->
     results = run_experiment(cfg)
     # Assert
     for r in results:
-        assert sorted(map(tuple, r["modalities_per_client"])) == [("audio",), ("image", "audio"), ("image", "audio")]
-        assert sum(r["samples_per_client"]) == 96 and r["history"][0]["steps"] >= 1
+        assert sorted(r.modalities_per_client) == [("audio",), ("image", "audio"), ("image", "audio")]
+        assert sum(r.samples_per_client) == 96 and r.history[0].steps >= 1
     assert "1 of 3 clients hold only some modalities" in (tmp_path / "miss" / "compare.md").read_text()

@@ -16,10 +16,11 @@ from pathlib import Path
 import grpc
 
 from mpsl.config import Config, client_batch_sizes
-from mpsl.deploy.common import NetworkThread, expected_shapes, limits, log
+from mpsl.deploy.common import NetworkThread, expected_shapes, limits
 from mpsl.deploy.server_app import ServerApp
 from mpsl.runtime.network import mpsl_pb2 as pb
 from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
+from mpsl.runtime.network.events import Event
 
 
 def free_port() -> int:
@@ -28,13 +29,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class _Lines(logging.Handler):
+class EventLog(logging.Handler):
+    """Keeps the event records the applications log (`with EventLog() as events: ...`)."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.lines: list[str] = []
+        self.events: list[Event] = []
+        self.logger = logging.getLogger("mpsl.deploy")
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+        if (event := getattr(record, "event", None)) is not None:
+            self.events.append(event)
+
+    def of(self, kind: type[Event]) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def __enter__(self) -> EventLog:
+        self.level = self.logger.level
+        self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.level)
 
 
 class LiveServer:
@@ -44,9 +62,7 @@ class LiveServer:
                  client_ca: str | None = None, public_status: bool = False) -> None:
         self.port = free_port()
         self.cfg = cfg
-        self._log = _Lines()
-        log.addHandler(self._log)
-        log.setLevel(logging.INFO)
+        self._log = EventLog().__enter__()
         self.runtime = ServerApp(cfg, f"127.0.0.1:{self.port}", False, tokens_file, tls, client_ca, public_status)
         self.network = NetworkThread()
         self.network.run(self.runtime.start(), timeout=60)
@@ -54,14 +70,14 @@ class LiveServer:
         self.training.start()
 
     @property
-    def log(self) -> str:
-        return "\n".join(self._log.lines)
+    def events(self) -> list[Event]:
+        return list(self._log.events)
 
     def close(self) -> None:
         self.network.run(self.runtime.stop(), timeout=30)
         self.training.join(10)
         self.network.close()
-        log.removeHandler(self._log)
+        self._log.__exit__()
 
 
 class RogueClient:
@@ -74,7 +90,9 @@ class RogueClient:
         if metadata is None:
             metadata = [("x-mpsl-client-id", str(client_id))]
             metadata += [("authorization", f"Bearer {token}")] if token else []
-        self.incoming = pb_grpc.SplitLearningStub(self.channel).Session(self._requests(), metadata=metadata)
+        # a deadline, so a server that never answers fails the test instead of hanging it
+        self.incoming = pb_grpc.SplitLearningStub(self.channel).Session(self._requests(), metadata=metadata,
+                                                                        timeout=120)
         self.client_id = client_id
 
     def _requests(self) -> Iterator[pb.ClientMessage]:
@@ -119,7 +137,6 @@ class HonestClients:
         from mpsl.deploy.client_app import ClientApp
         from mpsl.models import build_split_model
         from mpsl.parties import client_shards, split_client
-        from mpsl.protocol import Codec
         from mpsl.runtime.network.dialer import dial
         from mpsl.tasks import TASKS
 
@@ -136,8 +153,8 @@ class HonestClients:
         self.network = NetworkThread()
 
         async def run_all() -> None:
-            await asyncio.gather(*(dial(app, f"127.0.0.1:{port}", None, None, Codec(cfg.deploy.wire_dtype),
-                                        limits(cfg, expected), 30.0, lambda line: None) for app in apps))
+            await asyncio.gather(*(dial(app, f"127.0.0.1:{port}", None, None, limits(cfg, expected), 30.0,
+                                        lambda event: None) for app in apps))
 
         self.done: Future = asyncio.run_coroutine_threadsafe(run_all(), self.network.loop)
 

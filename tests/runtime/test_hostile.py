@@ -8,6 +8,7 @@ import json
 import re
 import struct
 import time
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -17,6 +18,7 @@ from mpsl.deploy.server_app import status
 from mpsl.errors import MpslError
 from mpsl.protocol import Codec, FeatureGrad, Tokens
 from mpsl.runtime.network import mpsl_pb2 as pb
+from mpsl.runtime.network.events import Dropped, Event, Finished, Listening, Quarantined, Refused, Step
 from mpsl.runtime.network.framing import chunks
 from tests.helpers import tiny_config
 from tests.runtime.network_helpers import HonestClients, LiveServer, RogueClient, certificate
@@ -111,12 +113,20 @@ def _params(live: LiveServer) -> list[torch.Tensor]:
     return [p.detach().clone() for p in live.runtime.server.model.parameters()]
 
 
-def _await_log(live: LiveServer, pattern: str, within: float = SECOND) -> str:
+def _await(live: LiveServer, match: Callable[[Event], bool], what: str, within: float = SECOND) -> Event:
+    """The first event record `match` accepts, waiting at most `within` seconds for it."""
     deadline = time.monotonic() + within
-    while not (found := re.search(pattern, live.log)):
-        assert time.monotonic() < deadline, f"{pattern!r} not logged within {within} s:\n{live.log[-3000:]}"
+    while not (found := [e for e in live.events if match(e)]):
+        assert time.monotonic() < deadline, f"no {what} within {within} s:\n" + "\n".join(map(str, live.events[-30:]))
         time.sleep(0.01)
-    return found.group(0)
+    return found[0]
+
+
+def _await_closed(live: LiveServer, client: int | None, code: str, reason: str = "",
+                  kinds: tuple[type, ...] = (Dropped, Refused)) -> Event:
+    """A stream of `client` dropped (after Join) or refused (before) with `code`, its reason matching `reason`."""
+    return _await(live, lambda e: isinstance(e, kinds) and e.client == client and e.code == code
+                  and re.search(reason, e.reason) is not None, f"{code} for client {client} ~{reason!r}")
 
 
 def _assert_refused(live: LiveServer, rogue: RogueClient, messages: list[pb.ClientMessage], code: grpc.StatusCode,
@@ -131,7 +141,7 @@ def _assert_refused(live: LiveServer, rogue: RogueClient, messages: list[pb.Clie
     assert refused.code() == code, refused.details()
     assert expect in refused.details()
     assert waited < SECOND, f"refused after {waited:.2f} s"
-    _await_log(live, rf"client={rogue.client_id} code={code.name} reason=[^\n]*{re.escape(expect)}")
+    _await_closed(live, rogue.client_id, code.name, re.escape(expect))
 
 
 def _take_part_until_features(rogue: RogueClient) -> int:
@@ -190,7 +200,7 @@ def test_a_message_out_of_turn_is_refused_within_a_second_and_logged(lone, messa
     # Assert
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT and time.monotonic() - started < SECOND
     assert re.search(r"expected done|nothing was asked", refused.details()), refused.details()
-    _await_log(lone, r"dropped client=0 code=INVALID_ARGUMENT reason=[^\n]*(expected done|nothing was asked)")
+    _await_closed(lone, 0, "INVALID_ARGUMENT", "expected done|nothing was asked")
 
 
 def test_bytes_that_are_no_protobuf_message_are_refused_with_invalid_argument(lone) -> None:
@@ -203,7 +213,7 @@ def test_bytes_that_are_no_protobuf_message_are_refused_with_invalid_argument(lo
     channel.close()
 
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "protobuf" in refused.value.details()
-    _await_log(lone, r"refused client=1 [^\n]*code=INVALID_ARGUMENT reason='a message that is not a valid")
+    _await_closed(lone, 1, "INVALID_ARGUMENT", "^a message that is not a valid")
 
 
 def test_a_hostile_client_among_honest_ones_costs_them_no_wait_and_they_finish_training(tmp_path) -> None:
@@ -224,11 +234,11 @@ def test_a_hostile_client_among_honest_ones_costs_them_no_wait_and_they_finish_t
         honest.finish(timeout=120)
 
         # Assert: every step was quick (none waited out step_timeout) and training finished
-        _await_log(live, "event=finished", within=10)
-        steps = [line for line in live.log.splitlines() if "event=step " in line]
-        assert sum("dropped=2" in line for line in steps) >= 2
-        assert max(float(line.split("seconds=")[1]) for line in steps) < 5
-        assert "DEADLINE_EXCEEDED" not in live.log and time.monotonic() - started < 60
+        _await(live, lambda e: isinstance(e, Finished), "finished", within=10)
+        steps = [e for e in live.events if isinstance(e, Step)]
+        assert sum(2 in e.dropped for e in steps) >= 2
+        assert max(e.seconds for e in steps) < 5
+        assert not any("DEADLINE_EXCEEDED" in str(e) for e in live.events) and time.monotonic() - started < 60
     finally:
         live.close()
 
@@ -244,7 +254,7 @@ def test_a_stream_that_never_joins_is_closed_after_the_join_timeout(tmp_path) ->
 
         assert refused.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "deploy.join_timeout=0.3" in refused.details()
         assert 0.3 <= time.monotonic() - started < 0.3 + SECOND
-        _await_log(live, r"refused client=1 [^\n]*code=DEADLINE_EXCEEDED")
+        _await_closed(live, 1, "DEADLINE_EXCEEDED")
         _wait_until(lambda: live.runtime.service.streams == 0)
     finally:
         live.close()
@@ -270,10 +280,10 @@ def test_streams_over_the_per_client_and_total_caps_are_refused_with_resource_ex
         # Assert: refused, logged with the client id, and every slot is given back when the streams end
         assert second_refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "deploy.max_streams_per_client" in second_refused.details()
-        _await_log(live, r"refused client=0 [^\n]*code=RESOURCE_EXHAUSTED")
+        _await_closed(live, 0, "RESOURCE_EXHAUSTED")
         assert fourth_refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "(deploy.max_streams)" in fourth_refused.details()
-        _await_log(live, r"refused client=1 [^\n]*code=RESOURCE_EXHAUSTED")
+        _await_closed(live, 1, "RESOURCE_EXHAUSTED")
         for r in [*held, second, fourth]:
             r.close()
         _wait_until(lambda: service.streams == 0 and not service.streams_of)
@@ -325,8 +335,8 @@ def test_malformed_or_wrong_credentials_are_unauthenticated_and_logged(guarded, 
     rogue.close()
 
     assert refused.code() == grpc.StatusCode.UNAUTHENTICATED and time.monotonic() - started < SECOND
-    _await_log(guarded, r"refused client=\? [^\n]*code=UNAUTHENTICATED")
-    assert "9" * 100 not in guarded.log and "a" * 100 not in guarded.log  # the log stays short
+    _await_closed(guarded, None, "UNAUTHENTICATED")
+    assert not any("9" * 100 in str(e) or "a" * 100 in str(e) for e in guarded.events)  # the log stays short
 
 
 def test_status_needs_a_clients_token_when_the_server_has_tokens(guarded, tmp_path) -> None:
@@ -367,7 +377,7 @@ def test_without_tokens_a_second_stream_cannot_take_over_a_connected_client_id(l
 
     # Assert: refused at once, and the first stream still owns the id
     assert refused.code() == grpc.StatusCode.ALREADY_EXISTS and time.monotonic() - started < SECOND
-    _await_log(lone, r"refused client=0 [^\n]*code=ALREADY_EXISTS")
+    _await_closed(lone, 0, "ALREADY_EXISTS")
     assert [c.client_id for c in lone.runtime.hub.connected()] == [0]
     first.close()
     _wait_until(lambda: lone.runtime.hub.connected() == [])
@@ -386,7 +396,8 @@ def test_a_client_that_keeps_timing_out_is_refused_with_a_retry_after(tmp_path) 
             silent.join_until_embed()
             assert silent.refusal().code() == grpc.StatusCode.DEADLINE_EXCEEDED
             silent.close()
-        _await_log(live, "quarantined client=1 seconds=30 timeouts=2")
+        _await(live, lambda e: isinstance(e, Quarantined) and (e.client, e.seconds, e.timeouts) == (1, 30, 2),
+               "quarantine of client 1 for 30 s")
 
         # Execute
         again = RogueClient(live.port, client_id=1)
@@ -396,7 +407,7 @@ def test_a_client_that_keeps_timing_out_is_refused_with_a_retry_after(tmp_path) 
         # Assert
         assert refused.code() == grpc.StatusCode.UNAVAILABLE and "timed out 2 times in a row" in refused.details()
         assert 29 <= int(dict(refused.trailing_metadata())["retry-after"]) <= 30
-        _await_log(live, r"refused client=1 [^\n]*code=UNAVAILABLE")
+        _await_closed(live, 1, "UNAVAILABLE")
     finally:
         live.close()
 
@@ -422,4 +433,4 @@ def test_mutual_tls_admits_only_clients_with_a_certificate_from_the_ca(tmp_path)
 
     # Assert
     assert admitted["state"] in ("waiting", "training") and len(refused) == 2
-    assert "tls=mutual" in live.log
+    assert [e.tls for e in live.events if isinstance(e, Listening)] == ["mutual"]

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from mpsl.errors import ProtocolError
 from mpsl.protocol import Codec
 from mpsl.runtime.network import mpsl_pb2 as pb
+from mpsl.runtime.network.events import Joined, Listening, Refused
 from mpsl.runtime.network.framing import Reassembler, chunks
 from tests.helpers import tiny_config
-from tests.runtime.network_helpers import LiveServer, RogueClient, frame
+from tests.runtime.network_helpers import EventLog, LiveServer, RogueClient, frame
 
 # the tiny model: image 1 + 2x2 tokens, audio 1 + 2x3 tokens, width 32, client batch <= 12
 IMAGE, AUDIO, WIDTH = 5, 7, 32
@@ -109,18 +110,22 @@ def test_an_oversized_message_is_refused_before_it_is_buffered(server) -> None:
 def test_a_wrong_token_is_refused_before_anything_is_read(tmp_path) -> None:
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text("0: right-token-0123456789\n1: right-token-1123456789\n2: right-token-2123456789\n")
-    live = LiveServer(tiny_config(f"out_dir={tmp_path}"), tokens_file=str(tokens))
-    try:
-        for token in ("wrong-token-0123456789", None):
-            rogue = RogueClient(live.port, client_id=0, token=token)
-            rogue.send(pb.ClientMessage(join=pb.Join(client_id=0, samples=1)))
-            with pytest.raises(grpc.RpcError) as refused:
-                rogue.next()
-            rogue.close()
-            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert live.runtime.hub.connected() == []
-    finally:
-        live.close()
+    with EventLog() as log:
+        live = LiveServer(tiny_config(f"out_dir={tmp_path}"), tokens_file=str(tokens))
+        try:
+            for token in ("wrong-token-0123456789", None):
+                rogue = RogueClient(live.port, client_id=0, token=token)
+                rogue.send(pb.ClientMessage(join=pb.Join(client_id=0, samples=1)))
+                with pytest.raises(grpc.RpcError) as refused:
+                    rogue.next()
+                rogue.close()
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert live.runtime.hub.connected() == []
+        finally:
+            live.close()
+
+    assert [e.reason for e in log.of(Refused)] == ["unknown client id or wrong token"] * 2
+    assert log.of(Joined) == [] and [e.auth for e in log.of(Listening)] == ["tokens"]
 
 
 @settings(max_examples=300, deadline=None)

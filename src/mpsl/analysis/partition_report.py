@@ -9,6 +9,7 @@ import numpy as np
 from mpsl.config import Config
 from mpsl.data import load_dataset, partition
 from mpsl.data.partition import modality_holdings
+from mpsl.registry import check_choices
 
 FULL_HISTOGRAM_UP_TO = 20  # classes; beyond that a row says how many classes a client has and its largest share
 
@@ -16,6 +17,7 @@ FULL_HISTOGRAM_UP_TO = 20  # classes; beyond that a row says how many classes a 
 def client_histograms(cfg: Config) -> tuple[np.ndarray, list[list[str]], list[int]]:
     """[clients, classes] label counts of the configured partition (retrieval, without labels: no
     columns), the modalities each client holds, and each client's size."""
+    check_choices(cfg)
     dataset = load_dataset(cfg.data)
     labels = dataset.train.labels.numpy()
     parts = partition(labels, cfg.num_clients, cfg.partition, cfg.seed)

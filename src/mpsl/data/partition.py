@@ -17,7 +17,7 @@ from mpsl.errors import ConfigError
 from mpsl.registry import Registry
 
 Partitioner = Callable[[np.ndarray, int, PartitionConfig, np.random.Generator], list[np.ndarray]]
-PARTITIONS: Registry[Partitioner] = Registry("partition")
+PARTITIONS: Registry[Partitioner] = Registry("partition", config_keys=("partition.kind",))
 
 
 @PARTITIONS.register("iid")

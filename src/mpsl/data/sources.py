@@ -25,7 +25,7 @@ class DatasetSource:
     default_train_size: int | None = None  # training samples when data.train_size is null, if known unprepared
 
 
-DATASETS: Registry[DatasetSource] = Registry("dataset")
+DATASETS: Registry[DatasetSource] = Registry("dataset", config_keys=("data.name",))
 FILE_DATASETS: dict[str, FileDataset] = {}  # the DATASETS entries read from files (tests write a fixture for each)
 
 

@@ -13,14 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
-from mpsl.config import DataConfig
+from mpsl.config import DataConfig, TextKind
 from mpsl.errors import ConfigError, DataError
 from mpsl.packaged import minilm_dir
 
-TEXT_KINDS = ("text", "clip-text", "sentence")
+TEXT_KINDS: tuple[str, ...] = get_args(TextKind)
 MIN_VOCAB = 1000  # offline, a hub id can yield a near-empty tokenizer without raising: refuse those
 
 

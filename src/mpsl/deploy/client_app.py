@@ -18,15 +18,17 @@ from mpsl.deploy.common import (
     expected_shapes,
     limits,
     load_state,
-    log,
     log_to_stderr,
+    report,
     save_state,
 )
 from mpsl.errors import MpslError
 from mpsl.models import build_split_model
 from mpsl.parties import client_shards, split_client
-from mpsl.protocol import Codec, CutGrad, FeatureGrad, Features, SplitClient, Tokens
+from mpsl.protocol import CutGrad, FeatureGrad, Features, SplitClient, Tokens
+from mpsl.registry import check_choices
 from mpsl.runtime.network.dialer import dial
+from mpsl.runtime.network.events import ClientResumed, Restored
 from mpsl.runtime.network.security import channel_credentials, read_secret
 from mpsl.tasks import TASKS
 
@@ -74,7 +76,7 @@ class ClientApp:
         if not path.is_file():
             return False
         self.client.load_state_dict(load_state(path))
-        log.info(f"event=restored client={self.client_id} step={step}")
+        report(Restored(self.client_id, step))
         return True
 
     def restore_latest(self) -> int | None:
@@ -91,14 +93,15 @@ class ClientApp:
 
 async def run_client(cfg: Config, target: str, client_id: int, resume: bool, token_file: str | None,
                      ca: str | None, retry_for: float, whole_split: bool = False,
-                     client_cert: tuple[str, str] | None = None) -> None:
+                     client_cert: tuple[str, str] | None = None, log_format: str = "text") -> None:
     """`client_cert`: (certificate, key) presented to a server that requires client certificates."""
-    log_to_stderr()
+    log_to_stderr(log_format)
     sys.setswitchinterval(SWITCH_INTERVAL)
     if client_cert and not ca:
         raise MpslError("--tls-cert and --tls-key need --tls-ca: client certificates are presented in TLS")
     if not 0 <= client_id < cfg.num_clients:
         raise MpslError(f"--client-id {client_id}: must be in 0..{cfg.num_clients - 1} (num_clients)")
+    check_choices(cfg)
     dataset = load_dataset(cfg.data)
     if whole_split:  # the device's own data: everything its loader returns, batch ceil(B / N)
         shard, batch = dataset.train, client_batch_size(cfg)
@@ -110,10 +113,8 @@ async def run_client(cfg: Config, target: str, client_id: int, resume: bool, tok
     app = ClientApp(split_client(cfg, client_id, shard, batch, template, task),
                           checkpoint_dir(cfg, f"client-{client_id}"))
     if resume:
-        step = app.restore_latest()
-        log.info(f"event=resumed client={client_id} step={step if step is not None else 'none (no checkpoint)'}")
+        report(ClientResumed(client_id, app.restore_latest()))
     expected = expected_shapes(template, dataset.spec, cfg.deploy.max_client_batch or cfg.train.batch_size)
     await dial(app, target, read_secret(token_file) if token_file else None,
-                          channel_credentials(ca, *(client_cert or (None, None))) if ca else None,
-                          Codec(cfg.deploy.wire_dtype),
-                          limits(cfg, expected), retry_for, lambda line: log.info(f"client={client_id} {line}"))
+               channel_credentials(ca, *(client_cert or (None, None))) if ca else None,
+               limits(cfg, expected), retry_for, report)

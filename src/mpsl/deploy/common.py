@@ -1,5 +1,5 @@
-"""What both applications share: the shapes a client may send, frame limits, checkpoint files, logging,
-and the event-loop thread that carries gRPC."""
+"""What both applications share: the shapes a client may send, frame limits, checkpoint files, the event
+log, and the event-loop thread that carries gRPC."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from mpsl.errors import MpslError
 from mpsl.files import write_atomically
 from mpsl.models import ClientModel, example_inputs
 from mpsl.protocol.serde import element_bytes
+from mpsl.runtime.network.events import LOG_FORMATS, Event, emit
 from mpsl.runtime.network.service import Limits
 from mpsl.runtime.network.validate import Expected
 
@@ -28,13 +29,21 @@ HEADER_SLACK = 64 * 1024  # JSON header of one frame, generously
 SWITCH_INTERVAL = 1e-4
 
 
-def log_to_stderr() -> None:
+def log_to_stderr(log_format: str = "text") -> None:
+    """The applications' events on stderr, one line each: `event=step step=3 ...` or a JSON object."""
+    if log_format not in LOG_FORMATS:
+        raise MpslError(f"--log-format {log_format}: unknown (known: {', '.join(LOG_FORMATS)})")
     if not log.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s", "%H:%M:%S"))
+        handler.setFormatter(LOG_FORMATS[log_format]())
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+
+
+def report(event: Event) -> None:
+    """Log one of the applications' events (also what the gRPC runtime reports through)."""
+    emit(log, event)
 
 
 def save_state(obj: Any, path: Path) -> None:

@@ -31,16 +31,29 @@ from mpsl.deploy.common import (
     expected_shapes,
     limits,
     load_state,
-    log,
     log_to_stderr,
+    report,
     save_state,
 )
 from mpsl.errors import ClientUnavailable, MpslError
 from mpsl.models import build_split_model
 from mpsl.parties import split_server
 from mpsl.protocol import Codec, SplitServer, mpsl_step
+from mpsl.registry import check_choices
 from mpsl.runtime.network import mpsl_pb2 as pb
 from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
+from mpsl.runtime.network.events import (
+    Checkpoint,
+    Dropped,
+    EpochEnd,
+    Finished,
+    Insecure,
+    Listening,
+    NoStep,
+    Resumed,
+    Step,
+    Waiting,
+)
 from mpsl.runtime.network.security import AUTH_KEY, channel_credentials, load_tokens, server_credentials
 from mpsl.runtime.network.service import Hub, RemoteHandle, SplitLearningService, concurrent_map, grpc_options
 
@@ -80,16 +93,15 @@ class TrainingLoop:
                     try:
                         h.end_epoch()
                     except ClientUnavailable as exc:
-                        log.info(f"event=dropped client={h.client_id} reason={exc}")
-                log.info(f"event=epoch_end epoch={self.epoch + 1} step={self.step}")
+                        report(Dropped(h.client_id, str(exc)))
+                report(EpochEnd(self.epoch + 1, self.step))
                 self.epoch += 1
                 self._checkpoint(fan_out)
         self.progress("finished")
         save_module(self.server.model, self.out_dir / "server.safetensors")
         for h in self._handles():
             h.finish()
-        log.info(f"event=finished step={self.step} samples={self.samples} step_seconds={self.busy:.3f} "
-                 f"model={self.out_dir / 'server.safetensors'}")
+        report(Finished(self.step, self.samples, self.busy, str(self.out_dir / "server.safetensors")))
 
     def _epoch(self, fan_out: Any) -> None:
         waiting = False
@@ -97,8 +109,7 @@ class TrainingLoop:
             handles = self._handles()
             if len(handles) < self.cfg.deploy.min_participants:
                 if not waiting:
-                    log.info(f"event=waiting connected={len(handles)} min_participants="
-                             f"{self.cfg.deploy.min_participants}")
+                    report(Waiting(len(handles), self.cfg.deploy.min_participants))
                     waiting = True
                 self.progress("waiting")
                 time.sleep(0.2)
@@ -110,7 +121,7 @@ class TrainingLoop:
                     try:
                         h.start_epoch(self.epoch)
                     except ClientUnavailable as exc:
-                        log.info(f"event=dropped client={h.client_id} reason={exc}")
+                        report(Dropped(h.client_id, str(exc)))
             active = [h for h in handles if h.epoch == self.epoch and not h.exhausted]
             if not active:
                 if all(h.exhausted for h in handles):
@@ -121,19 +132,17 @@ class TrainingLoop:
             result = mpsl_step(self.server, active, self.step, fan_out)
             if result is None:
                 continue
-            dropped = ",".join(map(str, result.dropped)) or "-"
             if not result.stepped:
-                log.info(f"event=no_step step={self.step} dropped={dropped}")
+                report(NoStep(self.step, tuple(result.dropped)))
                 continue
             self.step += 1
             self.samples += result.count
             self.busy += time.perf_counter() - started
-            log.info(f"event=step step={self.step} epoch={self.epoch + 1} "
-                     f"participants={','.join(map(str, result.client_ids))} dropped={dropped} "
-                     f"samples={result.count} loss={result.loss:.4f} "
-                     f"bytes_up={sum(h.traffic.up - b[0] for h, b in zip(active, before, strict=True))} "
-                     f"bytes_down={sum(h.traffic.down - b[1] for h, b in zip(active, before, strict=True))} "
-                     f"seconds={time.perf_counter() - started:.3f}")
+            report(Step(step=self.step, epoch=self.epoch + 1, participants=tuple(result.client_ids),
+                        dropped=tuple(result.dropped), samples=result.count, loss=result.loss,
+                        bytes_up=sum(h.traffic.up - b[0] for h, b in zip(active, before, strict=True)),
+                        bytes_down=sum(h.traffic.down - b[1] for h, b in zip(active, before, strict=True)),
+                        seconds=time.perf_counter() - started))
             if self.step % self.cfg.deploy.checkpoint_every == 0:
                 self._checkpoint(fan_out)
 
@@ -145,12 +154,12 @@ class TrainingLoop:
             try:
                 h.checkpoint(self.step)
             except ClientUnavailable as exc:
-                log.info(f"event=dropped client={h.client_id} reason={exc}")
+                report(Dropped(h.client_id, str(exc)))
 
         fan_out(save, handles)
         save_state({"server": self.server.state_dict(), "epoch": self.epoch, "step": self.step,
                        "rng": torch.get_rng_state()}, self.out_dir / "server-state.pt")
-        log.info(f"event=checkpoint step={self.step} epoch={self.epoch + 1} path={self.out_dir / 'server-state.pt'}")
+        report(Checkpoint(self.step, self.epoch + 1, str(self.out_dir / "server-state.pt")))
 
 
 class ServerApp:
@@ -158,6 +167,7 @@ class ServerApp:
 
     def __init__(self, cfg: Config, listen: str, resume: bool, tokens_file: str | None,
                  tls: tuple[str, str] | None, client_ca: str | None = None, public_status: bool = False) -> None:
+        check_choices(cfg)
         dataset = load_dataset(cfg.data)  # for the model's input shapes; the server trains on no data
         client_template, server_model = build_split_model(cfg.model, dataset.spec, cfg.seed)
         self.server = split_server(server_model, cfg)
@@ -166,7 +176,7 @@ class ServerApp:
         if state is not None:
             self.server.load_state_dict(state["server"])
             torch.set_rng_state(state["rng"])
-            log.info(f"event=resumed step={state['step']} epoch={state['epoch'] + 1}")
+            report(Resumed(int(state["step"]), int(state["epoch"]) + 1))
         max_batch = cfg.deploy.max_client_batch or cfg.train.batch_size
         self.expected = expected_shapes(client_template, dataset.spec, max_batch)
         self.limits = limits(cfg, self.expected)
@@ -188,8 +198,8 @@ class ServerApp:
                                     self.state)
         self.trainer.progress("waiting")
         service = SplitLearningService(self.hub, self.tokens, self.cfg.num_clients, Codec(self.cfg.deploy.wire_dtype),
-                                       self.expected, self.limits, self.trainer.welcome,
-                                       lambda line: log.info(f"event={line}"), public_status=self.public_status)
+                                       self.expected, self.limits, self.trainer.welcome, report,
+                                       public_status=self.public_status)
         self.service = service
         self.grpc_server = grpc.aio.server(options=grpc_options(self.limits))
         pb_grpc.add_SplitLearningServicer_to_server(service, self.grpc_server)
@@ -198,13 +208,12 @@ class ServerApp:
         if port == 0:
             raise MpslError(f"--listen {self.listen}: cannot bind that address")
         await self.grpc_server.start()
-        tls = "mutual" if self.client_ca else "on" if self.tls else "off"
-        log.info(f"event=listening address={self.listen} tls={tls} "
-                 f"auth={'tokens' if self.tokens else 'none (any client may join)'} clients={self.cfg.num_clients} "
-                 f"max_frame_bytes={self.limits.max_frame_bytes}")
+        report(Listening(address=self.listen, tls="mutual" if self.client_ca else "on" if self.tls else "off",
+                         auth="tokens" if self.tokens else "none (any client may join)", clients=self.cfg.num_clients,
+                         max_frame_bytes=self.limits.max_frame_bytes))
         if self.tokens is None:
-            log.warning("event=warning WARNING: no --tokens: any peer that reaches this port can join as any free "
-                        "client id, send it data and read Status; use --tokens (and TLS) outside a trusted network")
+            report(Insecure("no --tokens: any peer that reaches this port can join as any free client id, send it "
+                            "data and read Status; use --tokens (and TLS) outside a trusted network"))
 
     async def stop(self) -> None:
         self.trainer.stop.set()
@@ -212,9 +221,9 @@ class ServerApp:
 
 
 def serve(cfg: Config, listen: str, resume: bool, tokens_file: str | None, tls: tuple[str, str] | None,
-          client_ca: str | None = None, public_status: bool = False) -> None:
+          client_ca: str | None = None, public_status: bool = False, log_format: str = "text") -> None:
     """Blocks until training is finished: gRPC on a network thread, the training loop on this one."""
-    log_to_stderr()
+    log_to_stderr(log_format)
     sys.setswitchinterval(SWITCH_INTERVAL)
     runtime = ServerApp(cfg, listen, resume, tokens_file, tls, client_ca, public_status)
     network = NetworkThread()

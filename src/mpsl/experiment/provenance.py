@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 import mpsl
+from mpsl.experiment.results import Versions
 
 
 def git_commit() -> str | None:
@@ -24,6 +25,6 @@ def git_commit() -> str | None:
     return f"{commit}+dirty" if dirty else commit
 
 
-def versions() -> dict[str, str | None]:
-    return {"mpsl": mpsl.__version__, "torch": torch.__version__, "python": platform.python_version(),
-            "git_commit": git_commit()}
+def versions() -> Versions:
+    return Versions(mpsl=mpsl.__version__, torch=torch.__version__, python=platform.python_version(),
+                    git_commit=git_commit())

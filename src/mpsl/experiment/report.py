@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-Results = Sequence[dict[str, Any]]
+from mpsl.experiment.results import RunResult
+
+Results = Sequence[RunResult]
 COLORS = {"mpsl": "#1f77b4", "fedavg": "#d62728", "fedavg-adapter": "#ff7f0e", "splitfed": "#9467bd",
           "centralized": "#2ca02c"}
 
@@ -21,16 +23,12 @@ def _pct(value: float | None) -> str:
 
 
 def _ablation_keys(results: Results) -> list[str]:
-    return sorted({k for r in results for k in r["final"] if k.endswith("_only")})
-
-
-def _metric(r: dict[str, Any]) -> str:
-    return r.get("metric", "test_accuracy")  # results written before retrieval existed were all accuracy
+    return sorted({k for r in results for k in r.final if k.endswith("_only")})
 
 
 def _score_keys(results: Results) -> list[str]:
     """The task's test metrics, in the order the task reports them (accuracy; or Recall@K both ways + mean)."""
-    final = results[0]["final"]
+    final = results[0].final
     return [k for k in final if k.startswith("test_") and not k.endswith("_only") and "personalized" not in k]
 
 
@@ -49,18 +47,18 @@ def _rows(results: Results) -> list[dict[str, Any]]:
     """One flat record per method: the numbers behind both the Markdown table and the CSV."""
     rows = []
     for r in results:
-        row: dict[str, Any] = {"method": r["method"], "clients": r["num_clients"]}
-        row.update({k: r["final"].get(k) for k in _score_keys(results)})
-        row.update({k.removeprefix("test_"): r["final"].get(k) for k in _ablation_keys(results)})
+        row: dict[str, Any] = {"method": r.method, "clients": r.num_clients}
+        row.update({k: r.final.get(k) for k in _score_keys(results)})
+        row.update({k.removeprefix("test_"): r.final.get(k) for k in _ablation_keys(results)})
         row.update({
-            f"personalized_{_metric(r).removeprefix('test_')}": r["final"].get(f"{_metric(r)}_personalized_mean"),
-            "client_gflop_per_sample": r["flops"]["client_per_sample"] / 1e9,
-            "server_gflop_per_sample": r["flops"]["server_per_sample"] / 1e9,
-            "client_trainable_params": r["params"]["client_trainable"],
-            "client_memory_mb": r["client_memory_bytes"]["total"] / 1e6,
-            "mb_up_per_client": r["comm"]["bytes_up_per_client"] / 1e6,
-            "mb_down_per_client": r["comm"]["bytes_down_per_client"] / 1e6,
-            "wall_seconds": r["wall_seconds"],
+            f"personalized_{r.metric.removeprefix('test_')}": r.personalized_mean,
+            "client_gflop_per_sample": r.cost.flops.client_per_sample / 1e9,
+            "server_gflop_per_sample": r.cost.flops.server_per_sample / 1e9,
+            "client_trainable_params": r.cost.params.client_trainable,
+            "client_memory_mb": r.cost.client_memory_bytes.total / 1e6,
+            "mb_up_per_client": r.comm.bytes_up_per_client / 1e6,
+            "mb_down_per_client": r.comm.bytes_down_per_client / 1e6,
+            "wall_seconds": r.wall_seconds,
         })
         rows.append(row)
     return rows
@@ -93,21 +91,19 @@ def compare_table(results: Results) -> str:
 
 def compare_markdown(title: str, results: Results) -> str:
     first = results[0]
-    cfg = first["config"]
-    notes = [f"Dataset `{first['dataset']}`, {cfg['num_clients']} clients ({cfg['partition']['kind']} partition), "
-             f"{cfg['train']['epochs']} epochs or FL rounds, global batch {cfg['train']['batch_size']}, "
-             f"seed {first['seed']}."]
-    all_modalities = max((len(m) for r in results for m in r.get("modalities_per_client", [])), default=0)
+    cfg = first.config
+    notes = [f"Dataset `{first.dataset}`, {cfg.num_clients} clients ({cfg.partition.kind} partition), "
+             f"{cfg.train.epochs} epochs or FL rounds, global batch {cfg.train.batch_size}, seed {first.seed}."]
+    all_modalities = max((len(m) for r in results for m in r.modalities_per_client), default=0)
     for r in results:
-        partial = sum(len(m) < all_modalities for m in r.get("modalities_per_client", []))
+        partial = sum(len(m) < all_modalities for m in r.modalities_per_client)
         if partial:
-            notes.append(f"{r['method']}: {partial} of {r['num_clients']} clients hold only some modalities "
+            notes.append(f"{r.method}: {partial} of {r.num_clients} clients hold only some modalities "
                          f"(partition.missing_fraction).")
     for r in results:
-        personal = r["final"].get(f"{_metric(r)}_personalized_mean")
-        if personal is not None:
-            notes.append(f"{r['method']}: the clients' own, never-averaged models reach "
-                         f"{_pct(personal)} % {_score_label(_metric(r))} on average.")
+        if r.personalized_mean is not None:
+            notes.append(f"{r.method}: the clients' own, never-averaged models reach "
+                         f"{_pct(r.personalized_mean)} % {_score_label(r.metric)} on average.")
     notes.append("Client GFLOP/sample: forward + backward of what runs on a client, per training sample "
                  "(FlopCounterMode). Client memory: parameters + Adam state + saved activations of one "
                  "client mini-batch. MB up/down: bytes per client over the whole run, as encoded on the wire.")
@@ -133,9 +129,8 @@ def _pyplot():
     return plt
 
 
-def _label(r: dict[str, Any]) -> str:
-    n = r["num_clients"]
-    return f"{r['method']} ({n} clients)" if n > 1 else f"{r['method']} (pooled data)"
+def _label(r: RunResult) -> str:
+    return f"{r.method} ({r.num_clients} clients)" if r.num_clients > 1 else f"{r.method} (pooled data)"
 
 
 def accuracy_plot(results: Results, path: Path, title: str) -> Path:
@@ -143,14 +138,14 @@ def accuracy_plot(results: Results, path: Path, title: str) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for r in results:
-        epochs = [h["epoch"] for h in r["history"]]
-        acc = [100 * h[_metric(r)] for h in r["history"]]
-        ax.plot(epochs, acc, marker="o", label=_label(r), color=COLORS.get(r["method"]))
+        epochs = [h.epoch for h in r.history]
+        acc = [100 * h.test[r.metric] for h in r.history]
+        ax.plot(epochs, acc, marker="o", label=_label(r), color=COLORS.get(r.method))
     ax.set_xlabel("epoch (FL: round)")
-    ax.set_ylabel("test accuracy (%)" if _metric(results[0]) == "test_accuracy"
-                  else f"test {_score_label(_metric(results[0]))} (%)")
+    ax.set_ylabel("test accuracy (%)" if results[0].metric == "test_accuracy"
+                  else f"test {_score_label(results[0].metric)} (%)")
     ax.set_title(title)
-    ax.set_xticks(sorted({h["epoch"] for r in results for h in r["history"]}))
+    ax.set_xticks(sorted({h.epoch for r in results for h in r.history}))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -163,14 +158,14 @@ def compute_plot(results: Results, path: Path, title: str) -> Path:
     """Client FLOPs per training sample, log scale, with how many times less than the whole model."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 0.6 * len(results) + 1.6), dpi=120)
-    names = [r["method"] for r in results]
-    flops = [r["flops"]["client_per_sample"] / 1e6 for r in results]
+    names = [r.method for r in results]
+    flops = [r.cost.flops.client_per_sample / 1e6 for r in results]
     ax.barh(names, flops, color=[COLORS.get(n, "gray") for n in names])
     ax.set_xscale("log")
     ax.invert_yaxis()
     for y, r in enumerate(results):
-        whole = r["flops"]["model_per_sample"] / 1e6
-        share = r["flops"]["client_per_sample"] / r["flops"]["model_per_sample"]
+        whole = r.cost.flops.model_per_sample / 1e6
+        share = r.cost.flops.client_per_sample / r.cost.flops.model_per_sample
         note = "whole model" if share > 0.999 else f"1/{1 / share:.0f} of the model"
         value = f"{flops[y]:,.0f}" if flops[y] >= 100 else f"{flops[y]:.3g}"
         ax.text(flops[y], y, f"  {value} MFLOP ({note})", va="center", fontsize=8)
@@ -200,10 +195,10 @@ def communication_plot(results: Results, scaling: Sequence[dict[str, Any]], path
             ax.annotate(s["preset"], (xi, s["fedavg_bytes_per_client_round"] / 1e6), textcoords="offset points",
                         xytext=(0, 7), ha="center", fontsize=7)
     for r in results:
-        if r["method"] in ("mpsl", "fedavg") and r.get("comm", {}).get("bytes_up_per_client"):
-            per_round = (r["comm"]["bytes_up_per_client_per_round"] + r["comm"]["bytes_down_per_client_per_round"])
-            ax.scatter([r["params"]["encoder_total"] / 1e6], [per_round / 1e6], marker="*", s=160, zorder=3,
-                       color=COLORS[r["method"]], edgecolor="black", label=f"{r['method']}, this run (measured)")
+        if r.method in ("mpsl", "fedavg") and r.comm.bytes_up_per_client:
+            per_round = r.comm.bytes_up_per_client_per_round + r.comm.bytes_down_per_client_per_round
+            ax.scatter([r.cost.params.encoder_total / 1e6], [per_round / 1e6], marker="*", s=160, zorder=3,
+                       color=COLORS[r.method], edgecolor="black", label=f"{r.method}, this run (measured)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("encoder parameters (millions, log scale)")
@@ -220,14 +215,14 @@ def communication_plot(results: Results, scaling: Sequence[dict[str, Any]], path
 def write_reports(run_dir: Path, results: Results, scaling: Sequence[dict[str, Any]]) -> list[Path]:
     """compare.md, compare.csv and the three PNGs; the table is printed too."""
     first = results[0]
-    setup = f"{first['dataset']}, {first['config']['num_clients']} clients"
+    setup = f"{first.dataset}, {first.config.num_clients} clients"
     title = f"{run_dir.name}: {setup}"
     (run_dir / "compare.md").write_text(compare_markdown(title, results))
     (run_dir / "compare.csv").write_text(compare_csv(results))
-    samples = sum(first["samples_per_client"]) / first["config"]["num_clients"]
+    samples = sum(first.samples_per_client) / first.config.num_clients
     written = [
         run_dir / "compare.md", run_dir / "compare.csv",
-        accuracy_plot(results, run_dir / "accuracy.png", f"{setup}: {_score_label(_metric(first))}"),
+        accuracy_plot(results, run_dir / "accuracy.png", f"{setup}: {_score_label(first.metric)}"),
         compute_plot(results, run_dir / "client_compute.png", "Compute on one client per training sample"),
         communication_plot(results, scaling, run_dir / "communication.png",
                            f"Traffic per client vs backbone ({samples:.0f} samples per client)"),

@@ -5,7 +5,6 @@ Every method goes through the same loop, so their numbers are measured the same 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,21 @@ from mpsl.data import Dataset
 from mpsl.devices import compile_failure, resolve_device
 from mpsl.errors import ConfigError, MpslError
 from mpsl.experiment.evaluate import evaluate, headline, modality_ablations
-from mpsl.experiment.methods import METHODS, Method
+from mpsl.experiment.methods import METHODS, Method, RoundStats
 from mpsl.experiment.provenance import versions
-from mpsl.files import write_atomically
+from mpsl.experiment.results import (
+    RESULTS_FILE,
+    ClientMemory,
+    Comm,
+    Cost,
+    EpochRecord,
+    FlopsPerSample,
+    RunResult,
+    TrainableParams,
+)
+from mpsl.files import read_json, write_json
 from mpsl.models import WholeModel
+from mpsl.registry import check_choices
 from mpsl.runtime import Traffic
 
 EXPERIMENT_FILE = "experiment.json"  # the compared methods, in order, and the backbone-scaling table
@@ -30,7 +40,7 @@ EXPERIMENT_FILE = "experiment.json"  # the compared methods, in order, and the b
 _NOT_RESULT_KEYS = ("methods", "progress", "logging")
 
 
-def _cost(method: Method) -> dict[str, Any]:
+def _cost(method: Method) -> Cost:
     """Per-sample FLOPs of each side and the client's memory, measured on one client mini-batch."""
     data = method.dataset.train
     probe = data.subset(torch.arange(min(method.client_batch_size(), len(data))))  # [b]
@@ -39,31 +49,32 @@ def _cost(method: Method) -> dict[str, Any]:
     client = whole if method.client_runs_encoder else flops.client_per_sample
     model = WholeModel(method.client_template, method.server_template)  # as every party starts
     memory = client_memory(model, probe, method.task, method.client_runs_encoder)
-    return {
-        "flops": {"client_per_sample": client, "server_per_sample": whole - client, "model_per_sample": whole,
-                  "client_share": client / whole},
-        "client_memory_bytes": {"parameters": memory.parameters, "optimizer": memory.optimizer,
-                                "activations": memory.activations, "total": memory.total,
-                                "batch_size": len(probe)},
-        "params": {"client_trainable": trainable_parameters(model if method.client_runs_encoder else model.client),
-                   "server_trainable": 0 if method.client_runs_encoder else trainable_parameters(model.server),
-                   "model_trainable": trainable_parameters(model),
-                   "encoder_total": sum(p.numel() for p in model.server.encoder.parameters())},
-    }
+    return Cost(
+        flops=FlopsPerSample(client_per_sample=float(client), server_per_sample=float(whole - client),
+                             model_per_sample=float(whole), client_share=client / whole),
+        client_memory_bytes=ClientMemory(parameters=memory.parameters, optimizer=memory.optimizer,
+                                         activations=memory.activations, total=memory.total,
+                                         batch_size=len(probe)),
+        params=TrainableParams(
+            client_trainable=trainable_parameters(model if method.client_runs_encoder else model.client),
+            server_trainable=0 if method.client_runs_encoder else trainable_parameters(model.server),
+            model_trainable=trainable_parameters(model),
+            encoder_total=sum(p.numel() for p in model.server.encoder.parameters())),
+    )
 
 
-def _traffic(traffic: list[Traffic], rounds: int) -> dict[str, float]:
+def _comm(traffic: list[Traffic], rounds: int) -> Comm:
     n = max(len(traffic), 1)
     up, down = sum(t.up for t in traffic) / n, sum(t.down for t in traffic) / n
-    return {
-        "bytes_up_per_client": up,
-        "bytes_down_per_client": down,
-        "bytes_up_per_client_per_round": up / rounds,
-        "bytes_down_per_client_per_round": down / rounds,
-        "payload_bytes_up_per_client": sum(t.payload_up for t in traffic) / n,
-        "payload_bytes_down_per_client": sum(t.payload_down for t in traffic) / n,
-        "messages_per_client": sum(t.messages for t in traffic) / n,
-    }
+    return Comm(
+        bytes_up_per_client=up,
+        bytes_down_per_client=down,
+        bytes_up_per_client_per_round=up / rounds,
+        bytes_down_per_client_per_round=down / rounds,
+        payload_bytes_up_per_client=sum(t.payload_up for t in traffic) / n,
+        payload_bytes_down_per_client=sum(t.payload_down for t in traffic) / n,
+        messages_per_client=sum(t.messages for t in traffic) / n,
+    )
 
 
 def _tensorboard(cfg: Config, out_dir: Path):
@@ -74,9 +85,9 @@ def _tensorboard(cfg: Config, out_dir: Path):
     return SummaryWriter(log_dir=str(out_dir / "tensorboard"))
 
 
-def _train_round(method: Method, epoch: int, progress: bool) -> dict[str, float]:
+def _train_round(method: Method, epoch: int, progress: bool) -> RoundStats:
     try:
-        return method.train_round(epoch, progress).as_dict()
+        return method.train_round(epoch, progress)
     except Exception as exc:
         failure = compile_failure(exc)  # runtime.compile: surfaces on the first forward
         if failure is None:
@@ -84,7 +95,7 @@ def _train_round(method: Method, epoch: int, progress: bool) -> dict[str, float]
         raise failure from None
 
 
-def run_method(cfg: Config, dataset: Dataset, name: str, out_dir: Path) -> dict[str, Any]:
+def run_method(cfg: Config, dataset: Dataset, name: str, out_dir: Path) -> RunResult:
     """Train `name` from the seeded initial model, evaluate every round, save results.json and the model."""
     cfg = METHODS.get(name).configure(cfg)
     torch.manual_seed(cfg.seed)
@@ -92,70 +103,63 @@ def run_method(cfg: Config, dataset: Dataset, name: str, out_dir: Path) -> dict[
     method = METHODS.get(name)(cfg, dataset)
     cost = _cost(method)
     writer = _tensorboard(cfg, out_dir)
-    history = []
+    history: list[EpochRecord] = []
     metric = f"test_{method.task.metric}"
     for epoch in range(cfg.train.epochs):
         t0 = time.perf_counter()
         stats = _train_round(method, epoch, cfg.progress)
         model = method.global_model()
         test = evaluate(model.client, model.server, dataset.test, method.task, cfg.eval.batch_size)
-        comm = _traffic(method.traffic(), epoch + 1)
-        history.append({"epoch": epoch + 1, **stats, **test,
-                        "bytes_up_per_client": comm["bytes_up_per_client"],
-                        "bytes_down_per_client": comm["bytes_down_per_client"],
-                        "seconds": time.perf_counter() - t0})
-        print(f"{name:>14} {method.round_word} {epoch + 1}/{cfg.train.epochs}: train loss {stats['train_loss']:.4f}, "
-              f"train acc {stats['train_accuracy']:.3f}, {metric.replace('_', ' ')} {test[metric]:.3f}, "
-              f"{(comm['bytes_up_per_client'] + comm['bytes_down_per_client']) / 1e6:.1f} MB/client "
-              f"({history[-1]['seconds']:.0f} s)", flush=True)
+        comm = _comm(method.traffic(), epoch + 1)
+        record = EpochRecord(epoch=epoch + 1, train_loss=stats.loss, train_accuracy=stats.accuracy,
+                             steps=stats.steps, bytes_up_per_client=comm.bytes_up_per_client,
+                             bytes_down_per_client=comm.bytes_down_per_client, seconds=time.perf_counter() - t0,
+                             test=test)
+        history.append(record)
+        print(f"{name:>14} {method.round_word} {epoch + 1}/{cfg.train.epochs}: train loss {record.train_loss:.4f}, "
+              f"train acc {record.train_accuracy:.3f}, {metric.replace('_', ' ')} {test[metric]:.3f}, "
+              f"{(comm.bytes_up_per_client + comm.bytes_down_per_client) / 1e6:.1f} MB/client "
+              f"({record.seconds:.0f} s)", flush=True)
         if writer is not None:
-            for key in ("train_loss", "train_accuracy", *test, "bytes_up_per_client", "bytes_down_per_client"):
-                writer.add_scalar(f"{name}/{key}", history[-1][key], epoch + 1)
+            scalars = {"train_loss": record.train_loss, "train_accuracy": record.train_accuracy, **test,
+                       "bytes_up_per_client": record.bytes_up_per_client,
+                       "bytes_down_per_client": record.bytes_down_per_client}
+            for key, value in scalars.items():
+                writer.add_scalar(f"{name}/{key}", value, epoch + 1)
     if writer is not None:
         writer.close()
 
     model = method.global_model()
-    final: dict[str, Any] = {k: history[-1][k] for k in test}
+    final = dict(history[-1].test)
     if cfg.eval.ablations:
         final.update(modality_ablations(model.client, model.server, dataset.test, method.task, cfg.eval.batch_size))
     personal = method.personal_models() if cfg.eval.personalized else []
-    if personal:
-        per_client = [headline(c, model.server, dataset.test, method.task, cfg.eval.batch_size) for c in personal]
+    per_client = [headline(c, model.server, dataset.test, method.task, cfg.eval.batch_size) for c in personal]
+    if per_client:
         final[f"{metric}_personalized_mean"] = sum(per_client) / len(per_client)
-        final[f"{metric}_personalized"] = per_client
     save_checkpoint(model, out_dir)
-    results = {
-        "method": name,
-        "dataset": dataset.spec.name,
-        "task": dataset.spec.task,
-        "metric": metric,  # the headline key of history and final
-        "num_clients": method.num_clients,
-        "epochs": cfg.train.epochs,
-        "seed": cfg.seed,
-        "config": to_dict(cfg),
-        "history": history,
-        "final": final,
-        "comm": _traffic(method.traffic(), cfg.train.epochs),
-        **cost,
-        "samples_per_client": method.samples_per_client(),
-        "modalities_per_client": method.modalities_per_client(),
-        "client_batch_size": method.client_batch_size(),
-        "wall_seconds": time.perf_counter() - started,
-        "versions": versions(),
-    }
-    write_json(out_dir / "results.json", results)
-    return results
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2)))
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MpslError(f"{path} is not valid JSON: {exc}") from None
+    result = RunResult(
+        method=name,
+        dataset=dataset.spec.name,
+        task=dataset.spec.task,
+        metric=metric,
+        num_clients=method.num_clients,
+        epochs=cfg.train.epochs,
+        seed=cfg.seed,
+        config=cfg,
+        history=tuple(history),
+        final=final,
+        personalized=tuple(per_client),
+        comm=_comm(method.traffic(), cfg.train.epochs),
+        cost=cost,
+        samples_per_client=tuple(method.samples_per_client()),
+        modalities_per_client=tuple(tuple(m) for m in method.modalities_per_client()),
+        client_batch_size=method.client_batch_size(),
+        wall_seconds=time.perf_counter() - started,
+        versions=versions(),
+    )
+    result.save(out_dir / RESULTS_FILE)
+    return result
 
 
 def _differences(saved: Any, wanted: Any, prefix: str = "") -> list[str]:
@@ -166,14 +170,18 @@ def _differences(saved: Any, wanted: Any, prefix: str = "") -> list[str]:
     return [] if saved == wanted else [f"{prefix.rstrip('.')}: {saved!r} -> {wanted!r}"]
 
 
-def reusable(cfg: Config, name: str, out_dir: Path) -> dict[str, Any] | None:
+def reusable(cfg: Config, name: str, out_dir: Path) -> RunResult | None:
     """The saved results of `name` if they were made with the same settings; None (and why) otherwise."""
-    path = out_dir / "results.json"
+    path = out_dir / RESULTS_FILE
     if not path.is_file():
         return None
-    saved = read_json(path)
+    try:
+        saved = RunResult.load(path)
+    except MpslError as exc:
+        print(f"{name}: saved results cannot be reused ({exc}); retraining")
+        return None
     wanted = to_dict(METHODS.get(name).configure(cfg))
-    have = saved.get("config", {}) if isinstance(saved, dict) else {}
+    have = to_dict(saved.config)
     changed = _differences({k: v for k, v in have.items() if k not in _NOT_RESULT_KEYS},
                            {k: v for k, v in wanted.items() if k not in _NOT_RESULT_KEYS})
     if changed:
@@ -184,19 +192,16 @@ def reusable(cfg: Config, name: str, out_dir: Path) -> dict[str, Any] | None:
 
 
 def check_names(cfg: Config) -> None:
-    """Registry names, optional packages and sizes known in advance, checked before any data is prepared or
-    model loaded."""
+    """Registry names (every registry is imported here), optional packages and sizes known in advance,
+    checked before any data is prepared or model loaded."""
     from mpsl.data import DATASETS
-    from mpsl.models import ENCODERS
 
+    check_choices(cfg)
     resolve_device(cfg.runtime.device)
     source = DATASETS.get(cfg.data.name)
     known = cfg.data.train_size or source.default_train_size
     if known is not None:
         check_clients_fit(cfg, known)
-    ENCODERS.get(cfg.model.encoder.source)
-    for method in cfg.methods:
-        METHODS.get(method)
     if cfg.logging.tensorboard:
         try:
             import tensorboard  # noqa: F401
@@ -205,7 +210,7 @@ def check_names(cfg: Config) -> None:
                               "(pip install 'mpsl[tensorboard]')") from None
 
 
-def run_experiment(cfg: Config, reuse: bool = False) -> list[dict[str, Any]]:
+def run_experiment(cfg: Config, reuse: bool = False) -> list[RunResult]:
     """Every method in cfg.methods on the same data and seed, then the comparison reports.
 
     Writes runs/<name>/<method>/{results.json, client.safetensors, server.safetensors} and the
@@ -235,21 +240,16 @@ def load_scaling(run_dir: Path) -> list[dict[str, Any]]:
     return read_json(path).get("scaling", []) if path.is_file() else []
 
 
-def load_results(run_dir: Path) -> list[dict[str, Any]]:
+def load_results(run_dir: Path) -> list[RunResult]:
     """The saved results of the last comparison in a run folder, in its order of methods."""
     if (run_dir / EXPERIMENT_FILE).is_file():
         methods = read_json(run_dir / EXPERIMENT_FILE).get("methods", [])
-        files = [run_dir / m / "results.json" for m in methods]
+        files = [run_dir / m / RESULTS_FILE for m in methods]
     else:
-        files = sorted(run_dir.glob("*/results.json"))
+        files = sorted(run_dir.glob(f"*/{RESULTS_FILE}"))
     if not files:
-        raise MpslError(f"no <method>/results.json under {run_dir}: not a run folder")
-    results = []
+        raise MpslError(f"no <method>/{RESULTS_FILE} under {run_dir}: not a run folder")
     for f in files:
         if not f.is_file():
             raise MpslError(f"{f} is missing: that method has not finished")
-        r = read_json(f)
-        if not isinstance(r, dict) or not {"method", "config", "history", "final"} <= set(r):
-            raise MpslError(f"{f} is not an mpsl results file (needs method, config, history, final)")
-        results.append(r)
-    return results
+    return [RunResult.load(f) for f in files]

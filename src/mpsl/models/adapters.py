@@ -54,7 +54,8 @@ class NoAdapter(nn.Module):
 
 
 # (width, modalities) -> module(features [B, R, D], the modality of each row) -> [B, R, D]
-ADAPTERS: Registry[Callable[[int, list[str]], nn.Module]] = Registry("adapter")
+ADAPTERS: Registry[Callable[[int, list[str]], nn.Module]] = Registry(
+    "adapter", config_keys=("model.adapter", "fl.adapter"))
 ADAPTERS.register("none")(lambda width, modalities: NoAdapter())
 ADAPTERS.register("shared")(SharedAdapter)
 ADAPTERS.register("per-modality")(PerModalityAdapters)

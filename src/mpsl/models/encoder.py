@@ -64,7 +64,8 @@ class EncoderBundle:
         return self.encoder.width
 
 
-ENCODERS: Registry[Callable[[EncoderConfig], EncoderBundle]] = Registry("encoder source")
+ENCODERS: Registry[Callable[[EncoderConfig], EncoderBundle]] = Registry(
+    "encoder source", config_keys=("model.encoder.source",))
 
 
 def _bert_bundle(model: nn.Module, vocab_dir: Path | None) -> EncoderBundle:

@@ -14,7 +14,8 @@ from mpsl.errors import ConfigError
 from mpsl.models.encoder import ENCODERS, EncoderBundle, SharedEncoder
 from mpsl.registry import Registry
 
-FINETUNING: Registry[Callable[[SharedEncoder, EncoderConfig], None]] = Registry("fine-tuning policy")
+FINETUNING: Registry[Callable[[SharedEncoder, EncoderConfig], None]] = Registry(
+    "fine-tuning policy", config_keys=("model.encoder.finetune",))
 
 
 @FINETUNING.register("last_k")

@@ -17,14 +17,14 @@ from mpsl.models.encoder import SharedEncoder
 from mpsl.registry import Registry
 
 Pooling = Callable[[torch.Tensor], torch.Tensor]  # one modality's outputs [B, T_m, D] -> [B, D]
-POOLINGS: Registry[Pooling] = Registry("pooling")
+POOLINGS: Registry[Pooling] = Registry("pooling", config_keys=("model.pooling",))
 POOLINGS.register("cls")(lambda out: out[:, 0])
 POOLINGS.register("mean")(lambda out: out.mean(dim=1))
 
 FusedRows = tuple[torch.Tensor, list[str]]  # [B, R, D] feature rows, and the modality each row comes from
 # (encoder, modality -> tokens [B, T_m, D] in fusion order, pooling, modalities whose tokens are sentences)
 Fusion = Callable[[SharedEncoder, dict[str, torch.Tensor], Pooling, set[str]], FusedRows]
-FUSIONS: Registry[Fusion] = Registry("fusion")
+FUSIONS: Registry[Fusion] = Registry("fusion", config_keys=("model.fusion",))
 
 
 @FUSIONS.register("early")

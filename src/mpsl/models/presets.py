@@ -17,7 +17,7 @@ class ArchPreset:
     mlp_ratio: float = 4.0
 
 
-PRESETS: Registry[ArchPreset] = Registry("preset")
+PRESETS: Registry[ArchPreset] = Registry("preset", config_keys=("model.encoder.preset",))
 for _name, _preset in {
     "vit-ti16": ArchPreset(192, 12, 3, 16),
     "vit-s16": ArchPreset(384, 12, 6, 16),

@@ -22,7 +22,7 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-ACTIVATIONS: Registry[type[nn.Module]] = Registry("activation")
+ACTIVATIONS: Registry[type[nn.Module]] = Registry("activation", config_keys=("model.encoder.act",))
 ACTIVATIONS.register("gelu")(nn.GELU)
 ACTIVATIONS.register("quick_gelu")(QuickGELU)
 

@@ -22,12 +22,15 @@ import torch
 
 from mpsl.errors import ProtocolError
 from mpsl.protocol.messages import MESSAGE_TYPES
+from mpsl.registry import Registry
 
 MAGIC = b"MPSL"
 VERSION = 1
 _PREFIX = struct.Struct("<4sBI")
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+# the allow-list of tensor dtypes on the wire; deploy.wire_dtype names one of them
+DTYPES: Registry[torch.dtype] = Registry("wire dtype", config_keys=("deploy.wire_dtype",))
+for _name, _dtype in (("float32", torch.float32), ("float16", torch.float16), ("bfloat16", torch.bfloat16)):
+    DTYPES.register(_name)(_dtype)
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
@@ -42,8 +45,8 @@ class Codec:
 
     def __init__(self, wire_dtype: str = "float32") -> None:
         if wire_dtype not in DTYPES:
-            raise ProtocolError(f"wire dtype {wire_dtype!r} is not one of {', '.join(DTYPES)}")
-        self.wire_dtype = DTYPES[wire_dtype]
+            raise ProtocolError(DTYPES.unknown(wire_dtype))
+        self.wire_dtype = DTYPES.get(wire_dtype)
         self.wire_dtype_name = wire_dtype
 
     def encode(self, msg: Any) -> bytes:
@@ -56,7 +59,7 @@ class Codec:
 
         def add(key: str, t: torch.Tensor) -> None:
             wire = t.to(self.wire_dtype)
-            tensors.append({"name": key, "dtype": _DTYPE_NAMES[wire.dtype], "shape": list(wire.shape)})
+            tensors.append({"name": key, "dtype": self.wire_dtype_name, "shape": list(wire.shape)})
             chunks.append(_tensor_bytes(wire))
 
         for f in dataclasses.fields(msg):
@@ -244,7 +247,7 @@ def _message_class(header: dict[str, Any]) -> type:
 
 def _read_tensor(frame: bytes, offset: int, entry: dict[str, Any], bounds: DecodeBounds) -> tuple[torch.Tensor, int]:
     name = _show(entry["name"])
-    dtype = DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
+    dtype = DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) and entry["dtype"] in DTYPES else None
     if dtype is None:
         raise ProtocolError(f"tensor {name}: dtype {_show(entry['dtype'])} is not one of {', '.join(DTYPES)}")
     shape = entry["shape"]
@@ -273,8 +276,8 @@ def framing_nbytes(frame: bytes) -> int:
 def element_bytes(wire_dtype: str = "float32") -> int:
     """Bytes of one tensor element on the wire: the one place a size per element is looked up."""
     if wire_dtype not in DTYPES:
-        raise ProtocolError(f"wire dtype {wire_dtype!r} is not one of {', '.join(DTYPES)}")
-    return torch.empty((), dtype=DTYPES[wire_dtype]).element_size()
+        raise ProtocolError(DTYPES.unknown(wire_dtype))
+    return torch.empty((), dtype=DTYPES.get(wire_dtype)).element_size()
 
 
 def payload_nbytes(msg: Any, wire_dtype: str = "float32") -> int:

@@ -44,8 +44,9 @@ class RoundStats:
     def loss(self) -> float:
         return self.loss_sum / max(self.count, 1)
 
-    def as_dict(self) -> dict[str, float]:
-        return {"train_loss": self.loss, "train_accuracy": self.correct / max(self.count, 1), "steps": self.steps}
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.count, 1)
 
 
 class Method(ABC):
@@ -99,7 +100,7 @@ class Method(ABC):
         """Encoded bytes per client so far; empty for a method with no network."""
 
 
-METHODS: Registry[type[Method]] = Registry("method")
+METHODS: Registry[type[Method]] = Registry("method", config_keys=("methods",))
 MethodT = TypeVar("MethodT", bound=Method)
 
 

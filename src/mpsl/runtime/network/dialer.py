@@ -2,7 +2,8 @@
 
 The device's `SplitClient` does the work, on the event loop's own thread (the device has nothing
 else to do meanwhile, and one torch-calling thread keeps torch's thread pool uncontended); this
-module only moves its messages. Connection loss
+module only moves its messages. Tensors travel in the dtype the server announces in its Welcome (its
+deploy.wire_dtype): the client encodes with the server's setting, never its own. Connection loss
 is retried with backoff for `retry_for` seconds (a restarted server is found again); a refusal
 (wrong token, invalid message) is final and raised as an error. A server that says when to come back
 (UNAVAILABLE with a retry-after, after this client timed out repeatedly) is waited for that long, and
@@ -18,10 +19,12 @@ from typing import Protocol
 
 import grpc
 
-from mpsl.errors import MpslError
+from mpsl.errors import MpslError, ProtocolError
 from mpsl.protocol import Codec, CutGrad, FeatureGrad, Features, Tokens
+from mpsl.protocol.serde import DTYPES
 from mpsl.runtime.network import mpsl_pb2 as pb
 from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
+from mpsl.runtime.network.events import ClientFinished, ConnectionLost, Event, NoCheckpoint, RetryLater, Welcomed
 from mpsl.runtime.network.framing import Reassembler, chunks
 from mpsl.runtime.network.security import AUTH_KEY, CLIENT_ID_KEY
 from mpsl.runtime.network.service import Limits, grpc_options
@@ -47,11 +50,17 @@ class ClientApp(Protocol):
 
 
 class _Session:
-    def __init__(self, client: ClientApp, codec: Codec, limits: Limits, log: Callable[[str], None]) -> None:
-        self.client, self.codec, self.limits, self.log = client, codec, limits, log
+    def __init__(self, client: ClientApp, limits: Limits, log: Callable[[Event], None]) -> None:
+        self.client, self.limits, self.log = client, limits, log
+        self.codec: Codec | None = None  # in the server's wire dtype, from its Welcome
+
+    def _codec(self) -> Codec:
+        if self.codec is None:
+            raise ProtocolError("the server sent a request before its welcome")
+        return self.codec
 
     def _frames(self, msg: object) -> list[pb.ClientMessage]:
-        frame = self.codec.encode(msg)
+        frame = self._codec().encode(msg)
         pieces = chunks(frame, self.limits.chunk_bytes)
         return [pb.ClientMessage(frame=pb.Chunk(data=d, last=last)) for d, last in pieces]
 
@@ -62,9 +71,14 @@ class _Session:
         done = [pb.ClientMessage(done=pb.Done())]
         if kind == "welcome":
             w = message.welcome
-            self.log(f"joined: server at epoch {w.epoch + 1}, step {w.step}")
+            if w.wire_dtype not in DTYPES:
+                announced = repr(w.wire_dtype) if w.wire_dtype else "no"
+                raise ProtocolError(f"the server announces {announced} wire dtype (its deploy.wire_dtype), which "
+                                    f"this client cannot encode (registered: {', '.join(DTYPES)})")
+            self.codec = Codec(w.wire_dtype)
+            self.log(Welcomed(c.client_id, w.epoch + 1, w.step, w.wire_dtype))
             if w.resume_step >= 0 and not c.restore(w.resume_step):
-                self.log(f"the server resumed from step {w.resume_step}; no checkpoint of it here, continuing")
+                self.log(NoCheckpoint(c.client_id, w.resume_step))
             return []
         if kind == "start_epoch":
             if c.epoch != message.start_epoch.epoch:  # same epoch: resumed mid-epoch, keep the data order
@@ -78,7 +92,7 @@ class _Session:
             frame = assembler.add(message.frame.data, message.frame.last)
             if frame is None:
                 return []
-            msg = self.codec.decode(frame)
+            msg = self._codec().decode(frame)
             if isinstance(msg, Features):
                 return self._frames(c.features(msg))
             if isinstance(msg, CutGrad):
@@ -98,9 +112,9 @@ class _Session:
 
 
 async def dial(client: ClientApp, target: str, token: str | None, credentials: grpc.ChannelCredentials | None,
-               codec: Codec, limits: Limits, retry_for: float, log: Callable[[str], None]) -> None:
-    """Serve the server's requests until it says training is finished."""
-    session = _Session(client, codec, limits, log)
+               limits: Limits, retry_for: float, log: Callable[[Event], None]) -> None:
+    """Serve the server's requests until it says training is finished; `log` receives the client's events."""
+    session = _Session(client, limits, log)
     metadata = [(CLIENT_ID_KEY, str(client.client_id))] + ([(AUTH_KEY, f"Bearer {token}")] if token else [])
     last_contact, delay = time.monotonic(), 0.5
     while True:
@@ -115,7 +129,7 @@ async def dial(client: ClientApp, target: str, token: str | None, credentials: g
                 replies = session.answer(message, assembler)
                 if replies is None:
                     await call.done_writing()
-                    log("training finished")
+                    log(ClientFinished(client.client_id))
                     return
                 for reply in replies:
                     await call.write(reply)
@@ -125,7 +139,7 @@ async def dial(client: ClientApp, target: str, token: str | None, credentials: g
                 raise MpslError(f"the server refused this client: {exc.code().name}: {exc.details()}") from None
             reason = f"{exc.code().name}: {exc.details()}"
             if (wait := _retry_after(exc)) is not None:
-                log(f"refused for now ({reason}); retrying in {wait:g} s")
+                log(RetryLater(client.client_id, reason, wait))
                 await asyncio.sleep(wait)
                 last_contact, delay = time.monotonic(), 0.5
                 continue
@@ -133,7 +147,7 @@ async def dial(client: ClientApp, target: str, token: str | None, credentials: g
             await channel.close()
         if time.monotonic() - last_contact > retry_for:
             raise MpslError(f"no connection to {target} for {retry_for:g} s ({reason})")
-        log(f"connection lost ({reason}); retrying in {delay:.1f} s")
+        log(ConnectionLost(client.client_id, reason, delay))
         await asyncio.sleep(delay)
         delay = min(2 * delay, 5.0)
 

@@ -31,6 +31,7 @@ from mpsl.protocol import Codec, CutGrad, FeatureGrad, Features, Tokens
 from mpsl.protocol.serde import DecodeBounds
 from mpsl.runtime.network import mpsl_pb2 as pb
 from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
+from mpsl.runtime.network.events import Disconnected, Dropped, Event, Joined, Quarantined, Refused
 from mpsl.runtime.network.framing import Reassembler, chunks
 from mpsl.runtime.network.security import any_token_matches, read_credentials, token_matches
 from mpsl.runtime.network.validate import Expected
@@ -325,11 +326,11 @@ def _printable(text: str, limit: int = 400) -> str:
 
 
 class SplitLearningService(pb_grpc.SplitLearningServicer):
-    """Authenticates, then relays between a client's stream and its Connection."""
+    """Authenticates, then relays between a client's stream and its Connection; `log` receives its events."""
 
     def __init__(self, hub: Hub, tokens: dict[int, str] | None, num_clients: int, codec: Codec,
                  expected: Expected, limits: Limits, welcome: Callable[[], pb.Welcome],
-                 log: Callable[[str], None], public_status: bool = False) -> None:
+                 log: Callable[[Event], None], public_status: bool = False) -> None:
         self.hub, self.tokens, self.num_clients = hub, tokens, num_clients
         self.codec, self.expected, self.limits = codec, expected, limits
         self.welcome, self.log, self.public_status = welcome, log, public_status
@@ -338,9 +339,7 @@ class SplitLearningService(pb_grpc.SplitLearningServicer):
         self.streams_of: dict[int, int] = {}  # the same, per authenticated client id
 
     async def _refuse(self, context: grpc.aio.ServicerContext, refusal: Refusal, client_id: int | None) -> None:
-        who = "?" if client_id is None else client_id
-        self.log(f"refused client={who} peer={context.peer()} code={refusal.code.name} "
-                 f"reason={_printable(refusal.reason, 200)!r}")
+        self.log(Refused(context.peer(), _printable(refusal.reason, 200), client_id, refusal.code.name))
         trailing = () if refusal.retry_after is None else (("retry-after", str(math.ceil(refusal.retry_after))),)
         await context.abort(refusal.code, _printable(refusal.reason), trailing_metadata=trailing)
 
@@ -403,7 +402,7 @@ class SplitLearningService(pb_grpc.SplitLearningServicer):
         except Refusal as refusal:
             await self._refuse(context, refusal, client_id)
         else:
-            self.log(f"joined client={client_id} peer={context.peer()} samples={first.join.samples}")
+            self.log(Joined(client_id, context.peer(), first.join.samples))
             await self._serve(conn, context)
         finally:
             self.streams -= 1
@@ -425,11 +424,11 @@ class SplitLearningService(pb_grpc.SplitLearningServicer):
             conn.closed.set()
             self.hub.detach(conn)
             code, reason = conn.abort or (grpc.StatusCode.UNAVAILABLE, "connection lost")
-            self.log(f"{'disconnected' if code == grpc.StatusCode.OK else 'dropped'} client={conn.client_id} "
-                     f"code={code.name} reason={_printable(reason, 200)!r}")
+            shown = _printable(reason, 200)
+            self.log(Disconnected(conn.client_id, shown) if code == grpc.StatusCode.OK
+                     else Dropped(conn.client_id, shown, code.name))
             if seconds := self.quarantine.record(conn.client_id, conn.answered, conn.timed_out):
-                self.log(f"quarantined client={conn.client_id} seconds={seconds:g} "
-                         f"timeouts={self.quarantine.timeouts(conn.client_id)}")
+                self.log(Quarantined(conn.client_id, seconds, self.quarantine.timeouts(conn.client_id)))
 
     async def _read(self, conn: Connection, context: grpc.aio.ServicerContext) -> None:
         assembler = self.limits.reassembler()
