@@ -74,7 +74,7 @@ def test_import_registers_a_users_own_dataset(tmp_path: Path) -> None:
         "import torch\n"
         "from mpsl.data import DATASETS, Dataset, DatasetSpec, ModalitySpec, SplitData\n"
         "from mpsl.data.sources import DatasetSource\n"
-        "def load(cfg):\n"
+        "def load(cfg, progress):\n"
         "    g = torch.Generator().manual_seed(cfg.seed)\n"
         "    def split(n):\n"
         "        y = torch.randint(0, 3, (n,), generator=g)\n"

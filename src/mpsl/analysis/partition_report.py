@@ -16,7 +16,7 @@ FULL_HISTOGRAM_UP_TO = 20  # classes; beyond that a row says how many classes a 
 def client_histograms(cfg: Config) -> tuple[np.ndarray, list[list[str]], list[int]]:
     """[clients, classes] label counts of the configured partition (retrieval, without labels: no
     columns), the modalities each client holds, and each client's size."""
-    dataset = load_dataset(cfg.data)
+    dataset = load_dataset(cfg.data, cfg.progress)
     labels = dataset.train.labels.numpy()
     parts = partition(labels, cfg.num_clients, cfg.partition, cfg.seed)
     holdings = modality_holdings(list(dataset.spec.modalities), cfg.num_clients, cfg.partition, cfg.seed)

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mpsl.data.audio import log_mel_spectrogram
 from mpsl.data.folders import build_folder
 from mpsl.data.mnist import load_mnist
 from mpsl.data.speech import SAMPLE_RATE, Voice, default_voices, synthesize
+from mpsl.progress import Progress, progress_bar
 
 FORMAT_VERSION = "v1"
 IMAGE_SHAPE = (1, 28, 28)
@@ -119,7 +119,7 @@ def prepare(
 
     build_folder(target, fill, _is_complete, replace=force)
     if progress:
-        tqdm.write(f"avdigits: prepared {target} in {time.perf_counter() - start:.1f} s")
+        print(f"avdigits: prepared {target} in {time.perf_counter() - start:.1f} s", flush=True)
     return target
 
 
@@ -322,7 +322,7 @@ def _make_split(
     clips: dict[tuple[str, int], np.ndarray],
     rng: np.random.Generator,
     deg: Degradation,
-    bar: tqdm,
+    bar: Progress,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw (unnormalised) image [n,1,28,28], audio [n,1,32,40] and labels [n] of one split."""
     index = _balanced_indices(labels, size, rng)
@@ -357,13 +357,13 @@ def _build(
     """Generate all arrays and the metadata of one configuration."""
     voices = default_voices()
     train_voices, test_voices = _split_voices(voices, seed)
-    with tqdm(total=1, desc="avdigits: synthesising speech", disable=not progress) as bar:
+    with progress_bar(desc="avdigits: synthesising speech", total=len(voices), unit="voice", enabled=progress) as bar:
         raw = synthesize(voices)
-        bar.update(1)
+        bar.update(len(voices))
     clips = {key: _trim_clip(wave) for key, wave in raw.items()}
     parts = {}
-    with tqdm(
-        total=train_size + test_size, desc="avdigits: degrading samples", disable=not progress
+    with progress_bar(
+        desc="avdigits: degrading samples", total=train_size + test_size, unit="sample", enabled=progress
     ) as bar:
         for purpose, (split, split_voices, size) in enumerate(
             (("train", train_voices, train_size), ("test", test_voices, test_size)), start=2

@@ -95,7 +95,7 @@ async def run_client(cfg: Config, target: str, client_id: int, resume: bool, tok
     sys.setswitchinterval(SWITCH_INTERVAL)
     if not 0 <= client_id < cfg.num_clients:
         raise MpslError(f"--client-id {client_id}: must be in 0..{cfg.num_clients - 1} (num_clients)")
-    dataset = load_dataset(cfg.data)
+    dataset = load_dataset(cfg.data, cfg.progress)
     if whole_split:  # the device's own data: everything its loader returns, batch ceil(B / N)
         shard, batch = dataset.train, client_batch_size(cfg)
     else:  # simulating num_clients devices on one dataset: this client's partition of it

@@ -158,7 +158,7 @@ class ServerApp:
 
     def __init__(self, cfg: Config, listen: str, resume: bool, tokens_file: str | None,
                  tls: tuple[str, str] | None) -> None:
-        dataset = load_dataset(cfg.data)  # for the model's input shapes; the server trains on no data
+        dataset = load_dataset(cfg.data, cfg.progress)  # for the model's input shapes; the server trains on no data
         client_template, server_model = build_split_model(cfg.model, dataset.spec, cfg.seed)
         self.server = split_server(server_model, cfg)
         self.out_dir = checkpoint_dir(cfg, "server")

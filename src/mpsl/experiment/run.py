@@ -205,7 +205,7 @@ def run_experiment(cfg: Config, reuse: bool = False) -> list[dict[str, Any]]:
     from mpsl.experiment.report import write_reports
 
     check_names(cfg)
-    dataset = load_dataset(cfg.data)
+    dataset = load_dataset(cfg.data, cfg.progress)
     run_dir = Path(cfg.out_dir) / cfg.name
     results = []
     for name in cfg.methods:
