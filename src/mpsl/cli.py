@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 
 CONFIG_HELP = "a YAML config file, or the name of a config shipped with mpsl (`mpsl list`)"
+DEFAULT_PORT_HELP = "without a port: the default port, 50051, which `mpsl server` listens on too"  # address.py
 
 
 def _version() -> str:
@@ -49,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     server = sub.add_parser("server", help="host the encoder and drive MPSL training of remote clients over gRPC")
     server.add_argument("config", help=f"{CONFIG_HELP} (the same one the clients use)")
     server.add_argument("overrides", nargs="*", metavar="key=value")
-    server.add_argument("--listen", required=True, metavar="HOST:PORT", help="e.g. 0.0.0.0:50051")
+    server.add_argument("--listen", required=True, metavar="HOST[:PORT]",
+                        help="e.g. 0.0.0.0:50051; without a port the default port (50051); port 0: any free port, "
+                             "logged")
     server.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     server.add_argument("--tokens", metavar="FILE", help="YAML mapping client id -> secret token")
     server.add_argument("--tls-cert", metavar="FILE", help="server certificate (PEM); with --tls-key")
@@ -58,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     client = sub.add_parser("client", help="train this device's tokenizers against an mpsl server")
     client.add_argument("config", help=f"{CONFIG_HELP} (the same one the server uses)")
     client.add_argument("overrides", nargs="*", metavar="key=value")
-    client.add_argument("--server", required=True, metavar="HOST:PORT")
+    client.add_argument("--server", required=True, metavar="HOST[:PORT]", help=DEFAULT_PORT_HELP)
     client.add_argument("--client-id", required=True, type=int, help="this device's id, 0..num_clients-1; "
                                                                      "it also selects the data partition")
     client.add_argument("--data", choices=("partition", "all"), default="partition",
@@ -79,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     cost.add_argument("--write", metavar="FILE", help="with --all: write the Markdown report (docs/costs.md)")
 
     status = sub.add_parser("status", help="connected clients and progress of a running mpsl server")
-    status.add_argument("--server", required=True, metavar="HOST:PORT")
+    status.add_argument("--server", required=True, metavar="HOST[:PORT]", help=DEFAULT_PORT_HELP)
     status.add_argument("--tls-ca", metavar="FILE")
 
     for training in (run, compare, demo, server, client):

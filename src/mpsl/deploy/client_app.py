@@ -26,6 +26,7 @@ from mpsl.errors import MpslError
 from mpsl.models import build_split_model
 from mpsl.parties import client_shards, split_client
 from mpsl.protocol import Codec, CutGrad, FeatureGrad, Features, SplitClient, Tokens
+from mpsl.runtime.network.address import with_default_port
 from mpsl.runtime.network.dialer import dial
 from mpsl.runtime.network.security import channel_credentials, read_secret
 from mpsl.tasks import TASKS
@@ -109,6 +110,6 @@ async def run_client(cfg: Config, target: str, client_id: int, resume: bool, tok
         step = app.restore_latest()
         log.info(f"event=resumed client={client_id} step={step if step is not None else 'none (no checkpoint)'}")
     expected = expected_shapes(template, dataset.spec, cfg.deploy.max_client_batch or cfg.train.batch_size)
-    await dial(app, target, read_secret(token_file) if token_file else None,
+    await dial(app, with_default_port(target), read_secret(token_file) if token_file else None,
                           channel_credentials(ca) if ca else None, Codec(cfg.deploy.wire_dtype),
                           limits(cfg, expected), retry_for, lambda line: log.info(f"client={client_id} {line}"))

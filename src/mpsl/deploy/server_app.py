@@ -41,6 +41,7 @@ from mpsl.parties import split_server
 from mpsl.protocol import Codec, SplitServer, mpsl_step
 from mpsl.runtime.network import mpsl_pb2 as pb
 from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
+from mpsl.runtime.network.address import with_default_port, with_port
 from mpsl.runtime.network.security import channel_credentials, load_tokens, server_credentials
 from mpsl.runtime.network.service import Hub, RemoteHandle, SplitLearningService, concurrent_map, grpc_options
 
@@ -170,7 +171,7 @@ class ServerApp:
         max_batch = cfg.deploy.max_client_batch or cfg.train.batch_size
         self.expected = expected_shapes(client_template, dataset.spec, max_batch)
         self.limits = limits(cfg, self.expected)
-        self.cfg, self.listen, self.state, self.tls = cfg, listen, state, tls
+        self.cfg, self.listen, self.state, self.tls = cfg, with_default_port(listen), state, tls
         self.tokens = load_tokens(tokens_file) if tokens_file else None
         self.hub = Hub()
 
@@ -193,8 +194,9 @@ class ServerApp:
                 else self.grpc_server.add_insecure_port(self.listen))
         if port == 0:
             raise MpslError(f"--listen {self.listen}: cannot bind that address")
+        self.address = with_port(self.listen, port)  # the real port, also when --listen asked for port 0
         await self.grpc_server.start()
-        log.info(f"event=listening address={self.listen} tls={'on' if self.tls else 'off'} "
+        log.info(f"event=listening address={self.address} tls={'on' if self.tls else 'off'} "
                  f"auth={'tokens' if self.tokens else 'none (any client may join)'} clients={self.cfg.num_clients} "
                  f"max_frame_bytes={self.limits.max_frame_bytes}")
 
@@ -220,6 +222,7 @@ def serve(cfg: Config, listen: str, resume: bool, tokens_file: str | None, tls: 
 
 async def status(target: str, ca: str | None) -> dict[str, Any]:
     """The server's progress and connected clients, as `mpsl status` prints them."""
+    target = with_default_port(target)
     channel = grpc.aio.secure_channel(target, channel_credentials(ca)) if ca else grpc.aio.insecure_channel(target)
     try:
         reply = await pb_grpc.SplitLearningStub(channel).Status(pb.StatusRequest(), timeout=10)
