@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mpsl.config import load_config
 from tests.helpers import TINY
 
 
@@ -49,16 +50,30 @@ def test_missing_config_file(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "nope.yaml does not exist" in proc.stderr
 
 
-def test_run_writes_results(tmp_path: Path) -> None:
+def test_run_writes_results_and_its_config_and_never_overwrites_them_unless_forced(tmp_path: Path) -> None:
+    # Prepare
     config = tmp_path / "tiny.yaml"
     config.write_text("name: cli\nmethods: [mpsl]\n")
+    args = [str(config), *TINY, f"out_dir={tmp_path}"]
 
-    proc = _mpsl("run", str(config), *TINY, f"out_dir={tmp_path}", cwd=tmp_path)
+    # Execute
+    first = _mpsl("run", *args, cwd=tmp_path)
+    results = tmp_path / "cli" / "mpsl" / "results.json"
+    written = results.read_bytes()
+    saved_config = load_config(tmp_path / "cli" / "config.yaml")
+    again = _mpsl("run", *args, "train.server_lr=2e-3", cwd=tmp_path)
+    kept = results.read_bytes()
+    forced = _mpsl("run", *args, "train.server_lr=2e-3", "--force", cwd=tmp_path)
 
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads((tmp_path / "cli" / "mpsl" / "results.json").read_text())
-    assert results["num_clients"] == 3
-    assert "| mpsl " in proc.stdout
+    # Assert
+    assert first.returncode == 0, first.stderr
+    assert json.loads(written)["num_clients"] == 3 and "| mpsl " in first.stdout
+    assert saved_config == load_config(config, args[1:])  # the resolved config: `mpsl run` it to redo the run
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "--force" in again.stderr
+    assert kept == written
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(results.read_text())["config"]["train"]["server_lr"] == 2e-3
+    assert load_config(tmp_path / "cli" / "config.yaml").train.server_lr == 2e-3
 
 
 def test_list_shows_the_registries(tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="MPSL vs FedAvg vs centralized on the embedded avdigits dataset")
     demo.add_argument("overrides", nargs="*", metavar="key=value")
+    run.add_argument("--force", action="store_true", help="overwrite the run folder of an earlier run of this name")
     for resumable in (compare, demo):
         resumable.add_argument("--force", action="store_true", help="retrain methods that already have results")
     server = sub.add_parser("server", help="host the encoder and drive MPSL training of remote clients over gRPC")
@@ -144,7 +145,7 @@ def _run(args: argparse.Namespace) -> None:
     if getattr(args, "methods", None):
         overrides.append(f"methods=[{args.methods}]")
     cfg = load_config(DEMO_CONFIG if args.command == "demo" else args.config, overrides)
-    run_experiment(cfg, reuse=args.command != "run" and not args.force)
+    run_experiment(cfg, reuse=args.command != "run" and not args.force, force=args.force)
 
 
 def _data(args: argparse.Namespace) -> None:
