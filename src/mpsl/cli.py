@@ -1,4 +1,5 @@
-"""Command line: `mpsl run | compare | demo | report | eval | server | client | status | cost | data | list`."""
+"""Command line: `mpsl run | compare | demo | report | eval | export | server | client | status | cost | data |
+list`."""
 
 from __future__ import annotations
 
@@ -115,7 +116,13 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", help="e.g. runs/avdigits-demo")
     evaluate.add_argument("--methods", help="comma-separated subset (default: every method with a checkpoint)")
 
-    sub.add_parser("list", help="registered datasets, encoders, methods, fusions, partitions")
+    export = sub.add_parser("export", help="write a run's trained encoder as a transformers model directory (and "
+                                           "its LoRA weights as a peft adapter)")
+    export.add_argument("run_dir", help="a run folder (e.g. runs/avdigits-demo) or one method's folder in it")
+    export.add_argument("--method", help="which method's encoder (default: mpsl, else the run's first)")
+    export.add_argument("--out", metavar="DIR", help="default: <method folder>/export")
+
+    sub.add_parser("list", help="packaged configs, registered datasets, encoders, methods, fusions, partitions")
     return parser
 
 
@@ -210,6 +217,17 @@ def _eval(args: argparse.Namespace) -> None:
     evaluate_run(Path(args.run_dir), args.methods.split(",") if args.methods else None)
 
 
+def _export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mpsl.experiment.export import export_encoder, method_dir
+
+    folder = method_dir(Path(args.run_dir), args.method)
+    for path in export_encoder(folder, Path(args.out) if args.out else folder / "export"):
+        loader = "PeftModel.from_pretrained(model, ...)" if path.name == "adapter" else "AutoModel.from_pretrained"
+        print(f"wrote {path} ({loader})")
+
+
 def _server(args: argparse.Namespace) -> None:
     from mpsl.config import load_config
     from mpsl.deploy.server_app import serve
@@ -291,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     commands = {"run": _run, "compare": _run, "demo": _run, "data": _data, "report": _report, "eval": _eval,
-                "server": _server, "client": _client, "status": _status, "cost": _cost, "list": _list}
+                "export": _export, "server": _server, "client": _client, "status": _status, "cost": _cost,
+                "list": _list}
     try:
         commands[args.command](args)
     except MpslError as exc:
