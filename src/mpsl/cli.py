@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train the methods of a config and write runs/<name>/")
     run.add_argument("config", help=CONFIG_HELP)
     run.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.epochs=2 model.head=server")
+    run.add_argument("--force", action="store_true", help="overwrite the run folder of an earlier run of this name")
 
     compare = sub.add_parser("compare", help="train several methods on the same data and seed, then compare them "
                                              "(finished methods are reused)")
@@ -46,7 +47,6 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="MPSL vs FedAvg vs centralized on the embedded avdigits dataset")
     demo.add_argument("overrides", nargs="*", metavar="key=value")
-    run.add_argument("--force", action="store_true", help="overwrite the run folder of an earlier run of this name")
     for resumable in (compare, demo):
         resumable.add_argument("--force", action="store_true", help="retrain methods that already have results")
     server = sub.add_parser("server", help="host the encoder and drive MPSL training of remote clients over gRPC")
