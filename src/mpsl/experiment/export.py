@@ -132,8 +132,9 @@ def _save_adapter(model: nn.Module, lora: dict[str, torch.Tensor], enc: EncoderC
     if not targets:
         raise MpslError("model.encoder.finetune is lora, but the server checkpoint holds no LoRA weights")
     config = LoraConfig(r=enc.lora.rank, lora_alpha=enc.lora.alpha, lora_dropout=enc.lora.dropout,
-                        target_modules=targets, base_model_name_or_path=str(base))
+                        target_modules=targets)
     peft_model = get_peft_model(model, config)
+    peft_model.peft_config["default"].base_model_name_or_path = str(base)  # the adapter's base, for AutoPeftModel
     outcome = set_peft_model_state_dict(peft_model, lora)
     missing = [k for k in outcome.missing_keys if "lora_" in k]
     if missing or outcome.unexpected_keys:
