@@ -97,3 +97,28 @@ def test_flower_and_mpsl_resolve_into_one_environment(venv: Path, wheel: Path) -
     assert "flwr" in planned and planned.get("mpsl", version("mpsl")) == version("mpsl")
     protobuf = planned.get("protobuf", version("protobuf"))  # not planned: the installed one already fits
     assert 5 <= int(protobuf.split(".")[0]) < 7, protobuf
+
+
+@pytest.mark.parametrize("protobuf", ["5.29.0", "6.33.6"], ids=["oldest-allowed", "flower-resolves"])
+def test_the_generated_grpc_modules_work_under_the_older_protobufs_the_pins_allow(
+        wheel: Path, protobuf: str, tmp_path: Path) -> None:
+    # Prepare: the wheel and that protobuf in a venv of their own (the rest reused, as above)
+    home = tmp_path / "venv"
+    assert _run(sys.executable, "-m", "venv", "--without-pip", home).returncode == 0
+    proc = _run(*PIP, "--python", home / "bin" / "python", "install", "--no-deps", "--quiet", "--only-binary=:all:",
+                f"protobuf=={protobuf}", wheel)
+    assert proc.returncode == 0, proc.stderr
+    (site,) = (home / "lib").glob("python3*/site-packages")
+    (site / "reuse-test-environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    script = ("import google.protobuf, warnings\n"
+              "warnings.simplefilter('error')\n"
+              "from mpsl.runtime.network import mpsl_pb2, mpsl_pb2_grpc\n"
+              "wire = mpsl_pb2.ClientMessage(join=mpsl_pb2.Join(client_id=3, samples=5)).SerializeToString()\n"
+              "print(google.protobuf.__version__, mpsl_pb2.ClientMessage.FromString(wire).join.client_id)\n")
+
+    # Execute
+    proc = _run(home / "bin" / "python", "-c", script, cwd=tmp_path)
+
+    # Assert: that protobuf, no version warning, the message round trip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [protobuf, "3"]
