@@ -39,11 +39,15 @@ demo: setup system-packages
 lint: setup
 	$(PY) -m ruff check src tests
 
-# The gRPC modules in src/mpsl/runtime/network are generated from mpsl.proto and committed.
-proto: setup
-	$(PY) -m pip install -q --disable-pip-version-check 'grpcio-tools==1.85.1'
-	$(PY) -m grpc_tools.protoc -I src --python_out=src --grpc_python_out=src --pyi_out=src \
+# The gRPC modules in src/mpsl/runtime/network are generated from mpsl.proto and committed. grpcio-tools 1.70.0
+# writes protobuf 5.29 gencode, which protobuf 5, 6 and 7 all load (Flower needs protobuf < 7); it lives in a
+# venv of its own because it pins protobuf < 6.
+PROTO_VENV := .venv-proto
+proto:
+	test -x $(PROTO_VENV)/bin/python || $(PYTHON) -m venv $(PROTO_VENV)
+	$(PROTO_VENV)/bin/python -m pip install -q --disable-pip-version-check 'grpcio-tools==1.70.0'
+	$(PROTO_VENV)/bin/python -m grpc_tools.protoc -I src --python_out=src --grpc_python_out=src --pyi_out=src \
 		src/mpsl/runtime/network/mpsl.proto
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(PROTO_VENV) runs .pytest_cache

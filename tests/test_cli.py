@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from mpsl.config import load_config
 from mpsl.experiment.results import RunResult
 from tests.helpers import TINY
 
@@ -45,22 +47,37 @@ def test_bad_config_exits_nonzero_with_one_line(tmp_path: Path, yaml_text: str, 
     assert not (tmp_path / "runs").exists()
 
 
-def test_missing_config_file(tmp_path: Path) -> None:
+def test_missing_config_file_names_the_packaged_configs(tmp_path: Path) -> None:
     proc = _mpsl("run", "nope.yaml", cwd=tmp_path)
 
     assert proc.returncode == 2 and "nope.yaml does not exist" in proc.stderr
+    assert "packaged: avdigits, clipart, emoji, paper" in proc.stderr and proc.stderr.count("\n") == 1
 
 
-def test_run_writes_results(tmp_path: Path) -> None:
+def test_run_writes_results_and_its_config_and_never_overwrites_them_unless_forced(tmp_path: Path) -> None:
+    # Prepare
     config = tmp_path / "tiny.yaml"
     config.write_text("name: cli\nmethods: [mpsl]\n")
+    args = [str(config), *TINY, f"out_dir={tmp_path}"]
 
-    proc = _mpsl("run", str(config), *TINY, f"out_dir={tmp_path}", cwd=tmp_path)
+    # Execute
+    first = _mpsl("run", *args, cwd=tmp_path)
+    results = tmp_path / "cli" / "mpsl" / "results.json"
+    written = results.read_bytes()
+    saved_config = load_config(tmp_path / "cli" / "config.yaml")
+    again = _mpsl("run", *args, "train.server_lr=2e-3", cwd=tmp_path)
+    kept = results.read_bytes()
+    forced = _mpsl("run", *args, "train.server_lr=2e-3", "--force", cwd=tmp_path)
 
-    assert proc.returncode == 0, proc.stderr
-    results = RunResult.load(tmp_path / "cli" / "mpsl" / "results.json")
-    assert results.num_clients == 3
-    assert "| mpsl " in proc.stdout
+    # Assert
+    assert first.returncode == 0, first.stderr
+    assert RunResult.load(results).num_clients == 3 and "| mpsl " in first.stdout
+    assert saved_config == load_config(config, args[1:])  # the resolved config: `mpsl run` it to redo the run
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "--force" in again.stderr
+    assert kept == written
+    assert forced.returncode == 0, forced.stderr
+    assert RunResult.load(results).config.train.server_lr == 2e-3
+    assert load_config(tmp_path / "cli" / "config.yaml").train.server_lr == 2e-3
 
 
 def test_list_shows_the_registries(tmp_path: Path) -> None:
@@ -68,6 +85,7 @@ def test_list_shows_the_registries(tmp_path: Path) -> None:
 
     assert proc.returncode == 0
     assert "avdigits" in proc.stdout and "dirichlet" in proc.stdout and "minilm" in proc.stdout
+    assert "config     emoji " in proc.stdout and "config     paper " in proc.stdout  # `mpsl run emoji`
 
 
 def test_import_registers_a_users_own_dataset(tmp_path: Path) -> None:
@@ -76,7 +94,7 @@ def test_import_registers_a_users_own_dataset(tmp_path: Path) -> None:
         "import torch\n"
         "from mpsl.data import DATASETS, Dataset, DatasetSpec, ModalitySpec, SplitData\n"
         "from mpsl.data.sources import DatasetSource\n"
-        "def load(cfg):\n"
+        "def load(cfg, progress):\n"
         "    g = torch.Generator().manual_seed(cfg.seed)\n"
         "    def split(n):\n"
         "        y = torch.randint(0, 3, (n,), generator=g)\n"
@@ -212,7 +230,30 @@ def test_demo_runs_the_packaged_config(tmp_path: Path) -> None:
 def test_prepare_unknown_dataset_is_one_line(tmp_path: Path) -> None:
     proc = _mpsl("data", "prepare", "imagenet", cwd=tmp_path)
 
-    assert proc.returncode == 2 and "unknown dataset 'imagenet'" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "'imagenet' is not a config file, a packaged config (avdigits, clipart, emoji, paper) or a dataset (" \
+        in proc.stderr
+
+
+def test_prepare_of_a_packaged_config_builds_exactly_the_cache_that_config_reads(tmp_path: Path) -> None:
+    # Prepare: the packaged emoji config (64 px images, 16 text tokens), a few samples, no progress output
+    from mpsl.data.catalog import cache_dir, dataset_root
+    from mpsl.data.sources import FILE_DATASETS, cache_root
+
+    overrides = ["data.train_size=8", "data.test_size=4", "partition.min_size=1", f"data.cache_dir={tmp_path}",
+                 "progress=false"]
+    data = load_config("emoji", overrides).data
+    ds = FILE_DATASETS["emoji"]
+
+    # Execute
+    proc = _mpsl("data", "prepare", "emoji", *overrides, cwd=tmp_path)
+
+    # Assert
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"emoji ready in {cache_dir(ds, data, cache_root(data), dataset_root(ds, data))}")
+    assert proc.stderr == ""  # progress=false: not a line about the build
+    (meta,) = tmp_path.glob("emoji/*/meta.json")
+    assert json.loads(meta.read_text())["modalities"]["image"]["shape"] == [3, 64, 64]
 
 
 @pytest.mark.parametrize(("args", "names"), [(["--preset", "vit-x", "--task", "coco-qa"], "unknown preset 'vit-x'"),

@@ -55,6 +55,30 @@ def test_every_shipped_config_is_valid_and_names_a_registered_dataset(path: Path
     assert path.resolve().parent == DEMO_CONFIG.parent  # the file is packaged, configs/ only links to it
 
 
+def test_a_packaged_config_is_found_by_its_name_unless_a_file_of_that_name_exists(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: run from a folder without, then with, a file called "emoji"
+    monkeypatch.chdir(tmp_path)
+
+    # Execute
+    packaged = load_config("emoji", ["train.epochs=2"])
+    (tmp_path / "emoji").write_text("name: my-own\n")
+    own = load_config("emoji")
+
+    # Assert
+    assert packaged.name == "emoji-retrieval" and packaged.data.image_size == 64 and packaged.train.epochs == 2
+    assert own.name == "my-own" and own.data.image_size == 224
+
+
+def test_an_unknown_config_name_lists_the_packaged_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(ConfigError) as err:
+        load_config("emojis")
+
+    assert "emojis does not exist" in str(err.value) and "packaged: avdigits, clipart, emoji, paper" in str(err.value)
+
+
 def test_overrides_are_typed_and_nested() -> None:
     cfg = load_config(None, ["train.epochs=7", "model.head=server", "train.server_lr=1e-3",
                              "model.image.patch=[4, 2]", "methods=[mpsl]"])

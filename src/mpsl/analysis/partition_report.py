@@ -18,7 +18,7 @@ def client_histograms(cfg: Config) -> tuple[np.ndarray, list[list[str]], list[in
     """[clients, classes] label counts of the configured partition (retrieval, without labels: no
     columns), the modalities each client holds, and each client's size."""
     check_choices(cfg)
-    dataset = load_dataset(cfg.data)
+    dataset = load_dataset(cfg.data, cfg.progress)
     labels = dataset.train.labels.numpy()
     parts = partition(labels, cfg.num_clients, cfg.partition, cfg.seed)
     holdings = modality_holdings(list(dataset.spec.modalities), cfg.num_clients, cfg.partition, cfg.seed)

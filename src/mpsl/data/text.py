@@ -19,7 +19,7 @@ import numpy as np
 
 from mpsl.config import DataConfig, TextKind
 from mpsl.errors import ConfigError, DataError
-from mpsl.packaged import minilm_dir
+from mpsl.packaged import local_model, minilm_dir
 
 TEXT_KINDS: tuple[str, ...] = get_args(TextKind)
 MIN_VOCAB = 1000  # offline, a hub id can yield a near-empty tokenizer without raising: refuse those
@@ -60,7 +60,7 @@ def _load(path: str):
 
 
 def tokenizer_path(cfg: DataConfig, kind: str = "text") -> str:
-    return str(Path(cfg.text_tokenizer).expanduser() if cfg.text_tokenizer else _default_dir(kind))
+    return str(local_model(cfg.text_tokenizer, "data.text_tokenizer") if cfg.text_tokenizer else _default_dir(kind))
 
 
 def encode_sentences(sentences: Sequence[str], cfg: DataConfig, kind: str = "text") -> np.ndarray:

@@ -27,6 +27,7 @@ from mpsl.models import build_split_model
 from mpsl.parties import client_shards, split_client
 from mpsl.protocol import CutGrad, FeatureGrad, Features, SplitClient, Tokens
 from mpsl.registry import check_choices
+from mpsl.runtime.network.address import with_default_port
 from mpsl.runtime.network.dialer import dial
 from mpsl.runtime.network.events import ClientResumed, Restored
 from mpsl.runtime.network.security import channel_credentials, read_secret
@@ -102,7 +103,7 @@ async def run_client(cfg: Config, target: str, client_id: int, resume: bool, tok
     if not 0 <= client_id < cfg.num_clients:
         raise MpslError(f"--client-id {client_id}: must be in 0..{cfg.num_clients - 1} (num_clients)")
     check_choices(cfg)
-    dataset = load_dataset(cfg.data)
+    dataset = load_dataset(cfg.data, cfg.progress)
     if whole_split:  # the device's own data: everything its loader returns, batch ceil(B / N)
         shard, batch = dataset.train, client_batch_size(cfg)
     else:  # simulating num_clients devices on one dataset: this client's partition of it
@@ -115,6 +116,6 @@ async def run_client(cfg: Config, target: str, client_id: int, resume: bool, tok
     if resume:
         report(ClientResumed(client_id, app.restore_latest()))
     expected = expected_shapes(template, dataset.spec, cfg.deploy.max_client_batch or cfg.train.batch_size)
-    await dial(app, target, read_secret(token_file) if token_file else None,
+    await dial(app, with_default_port(target), read_secret(token_file) if token_file else None,
                channel_credentials(ca, *(client_cert or (None, None))) if ca else None,
                limits(cfg, expected), retry_for, report)

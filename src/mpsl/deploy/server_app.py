@@ -42,6 +42,7 @@ from mpsl.protocol import Codec, SplitServer, mpsl_step
 from mpsl.registry import check_choices
 from mpsl.runtime.network import mpsl_pb2 as pb
 from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
+from mpsl.runtime.network.address import with_default_port, with_port
 from mpsl.runtime.network.events import (
     Checkpoint,
     Dropped,
@@ -168,7 +169,7 @@ class ServerApp:
     def __init__(self, cfg: Config, listen: str, resume: bool, tokens_file: str | None,
                  tls: tuple[str, str] | None, client_ca: str | None = None, public_status: bool = False) -> None:
         check_choices(cfg)
-        dataset = load_dataset(cfg.data)  # for the model's input shapes; the server trains on no data
+        dataset = load_dataset(cfg.data, cfg.progress)  # for the model's input shapes; the server trains on no data
         client_template, server_model = build_split_model(cfg.model, dataset.spec, cfg.seed)
         self.server = split_server(server_model, cfg)
         self.out_dir = checkpoint_dir(cfg, "server")
@@ -180,7 +181,7 @@ class ServerApp:
         max_batch = cfg.deploy.max_client_batch or cfg.train.batch_size
         self.expected = expected_shapes(client_template, dataset.spec, max_batch)
         self.limits = limits(cfg, self.expected)
-        self.cfg, self.listen, self.state, self.tls = cfg, listen, state, tls
+        self.cfg, self.listen, self.state, self.tls = cfg, with_default_port(listen), state, tls
         if client_ca and not tls:
             raise MpslError("--tls-client-ca needs --tls-cert and --tls-key: client certificates are checked in TLS")
         self.client_ca, self.public_status = client_ca, public_status
@@ -207,8 +208,9 @@ class ServerApp:
                 if self.tls else self.grpc_server.add_insecure_port(self.listen))
         if port == 0:
             raise MpslError(f"--listen {self.listen}: cannot bind that address")
+        self.address = with_port(self.listen, port)  # the real port, also when --listen asked for port 0
         await self.grpc_server.start()
-        report(Listening(address=self.listen, tls="mutual" if self.client_ca else "on" if self.tls else "off",
+        report(Listening(address=self.address, tls="mutual" if self.client_ca else "on" if self.tls else "off",
                          auth="tokens" if self.tokens else "none (any client may join)", clients=self.cfg.num_clients,
                          max_frame_bytes=self.limits.max_frame_bytes))
         if self.tokens is None:
@@ -242,6 +244,7 @@ async def status(target: str, ca: str | None, token: str | None = None,
     answers only a caller presenting one of them, unless it runs with --public-status."""
     if client_cert and not ca:
         raise MpslError("--tls-cert and --tls-key need --tls-ca: client certificates are presented in TLS")
+    target = with_default_port(target)
     channel = (grpc.aio.secure_channel(target, channel_credentials(ca, *(client_cert or (None, None)))) if ca
                else grpc.aio.insecure_channel(target))
     metadata = [(AUTH_KEY, f"Bearer {token}")] if token else []

@@ -29,7 +29,7 @@ def evaluate_saved(result: RunResult, method_dir: Path, datasets: dict[str, Data
     cfg = result.config
     key = repr(cfg.data)
     if key not in datasets:
-        datasets[key] = load_dataset(cfg.data)
+        datasets[key] = load_dataset(cfg.data, cfg.progress)
     dataset = datasets[key]
     client, server = build_split_model(cfg.model, dataset.spec, cfg.seed)
     model = WholeModel(client, server)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from mpsl.analysis.accounting import client_memory, trainable_parameters, training_flops
 from mpsl.checkpoints import save_checkpoint
@@ -30,12 +31,13 @@ from mpsl.experiment.results import (
     RunResult,
     TrainableParams,
 )
-from mpsl.files import read_json, write_json
+from mpsl.files import read_json, write_atomically, write_json
 from mpsl.models import WholeModel
 from mpsl.registry import check_choices
 from mpsl.runtime import Traffic
 
 EXPERIMENT_FILE = "experiment.json"  # the compared methods, in order, and the backbone-scaling table
+CONFIG_FILE = "config.yaml"  # the resolved config of the last command that wrote the folder: `mpsl run` it again
 # keys that do not change what a method computes: a saved result stays valid when only these differ
 _NOT_RESULT_KEYS = ("methods", "progress", "logging")
 
@@ -210,25 +212,30 @@ def check_names(cfg: Config) -> None:
                               "(pip install 'mpsl[tensorboard]')") from None
 
 
-def run_experiment(cfg: Config, reuse: bool = False) -> list[RunResult]:
+def run_experiment(cfg: Config, reuse: bool = False, force: bool = False) -> list[RunResult]:
     """Every method in cfg.methods on the same data and seed, then the comparison reports.
 
-    Writes runs/<name>/<method>/{results.json, client.safetensors, server.safetensors} and the
-    reports of experiment.report. With `reuse`, a method whose results exist for the same settings
-    is not trained again.
+    Writes runs/<name>/config.yaml (the resolved config), runs/<name>/<method>/{results.json,
+    client.safetensors, server.safetensors} and the reports of experiment.report. With `reuse`, a method
+    whose results exist for the same settings is not trained again; without it, a run folder that
+    already holds something is refused unless `force`.
     """
     from mpsl.analysis.scaling import scaling_table
     from mpsl.data import load_dataset
     from mpsl.experiment.report import write_reports
 
     check_names(cfg)
-    dataset = load_dataset(cfg.data)
     run_dir = Path(cfg.out_dir) / cfg.name
+    if not reuse and not force and run_dir.is_dir() and any(run_dir.iterdir()):
+        raise MpslError(f"{run_dir} already holds a run: pass --force to overwrite it, name=... to keep both, or "
+                        "use `mpsl compare` to reuse the methods that finished with the same settings")
+    dataset = load_dataset(cfg.data, cfg.progress)
     results = []
     for name in cfg.methods:
         saved = reusable(cfg, name, run_dir / name) if reuse else None
         results.append(saved if saved is not None else run_method(cfg, dataset, name, run_dir / name))
     mean_samples = len(dataset.train) / cfg.num_clients
+    write_atomically(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
     write_json(run_dir / EXPERIMENT_FILE, {"methods": list(cfg.methods),
                                            "scaling": scaling_table(cfg, dataset.spec, mean_samples)})
     write_reports(run_dir, results, load_scaling(run_dir))

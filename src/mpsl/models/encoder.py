@@ -12,7 +12,7 @@ from torch import nn
 from mpsl.config import EncoderConfig
 from mpsl.errors import ConfigError, ModelError
 from mpsl.models.layouts import PatchEmbedding
-from mpsl.packaged import minilm_dir
+from mpsl.packaged import local_model, minilm_dir
 from mpsl.registry import Registry
 
 
@@ -105,14 +105,15 @@ def load_bert_dir(path: Path, dropout: float) -> EncoderBundle:
 
 @ENCODERS.register("minilm")
 def _minilm(cfg: EncoderConfig) -> EncoderBundle:
-    return load_bert_dir(Path(cfg.path) if cfg.path else minilm_dir(), cfg.dropout)
+    return load_bert_dir(local_model(cfg.path, "model.encoder.path") if cfg.path else minilm_dir(), cfg.dropout)
 
 
 @ENCODERS.register("hf-bert")
 def _hf_bert(cfg: EncoderConfig) -> EncoderBundle:
     if not cfg.path:
-        raise ConfigError("model.encoder.path: source hf-bert needs the path of a local model directory")
-    return load_bert_dir(Path(cfg.path), cfg.dropout)
+        raise ConfigError("model.encoder.path: source hf-bert needs a local model directory or a model id in the "
+                          "local Hugging Face cache")
+    return load_bert_dir(local_model(cfg.path, "model.encoder.path"), cfg.dropout)
 
 
 @ENCODERS.register("random")

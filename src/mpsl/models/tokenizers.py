@@ -13,6 +13,7 @@ from mpsl.data.spec import ModalitySpec
 from mpsl.errors import ConfigError, ModelError
 from mpsl.models.encoder import EncoderBundle
 from mpsl.models.layouts import PatchEmbedding
+from mpsl.packaged import local_model
 from mpsl.registry import Registry
 
 
@@ -172,6 +173,7 @@ def load_clip_text(path: str) -> nn.Module:
     from transformers import CLIPTextModelWithProjection
     from transformers.utils import logging as hf_logging
 
+    path = str(local_model(path, "model.text_encoder"))
     if not (Path(path) / "config.json").is_file():
         raise ModelError(f"model.text_encoder: no config.json in {path}: expected a local CLIP directory")
     verbosity = hf_logging.get_verbosity()

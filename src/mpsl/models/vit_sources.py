@@ -13,6 +13,7 @@ from mpsl.models.encoder import ENCODERS, EncoderBundle, SharedEncoder
 from mpsl.models.layouts import LAYOUTS, VitWeights, read_state_dict
 from mpsl.models.presets import PRESETS
 from mpsl.models.vit import ViTBlock
+from mpsl.packaged import local_model
 
 
 def _shape(cfg: EncoderConfig) -> tuple[int, int, int, float]:
@@ -83,6 +84,14 @@ def _path(cfg: EncoderConfig) -> Path:
     return Path(cfg.path).expanduser()
 
 
+def _model_dir(cfg: EncoderConfig) -> Path:
+    """A Hugging Face directory: a local path, or a model id in the local Hugging Face cache."""
+    if not cfg.path:
+        raise ConfigError(f"model.encoder.path: source {cfg.source} needs a local model directory or a model id in "
+                          "the local Hugging Face cache")
+    return local_model(cfg.path, "model.encoder.path")
+
+
 @ENCODERS.register("timm")
 def _timm(cfg: EncoderConfig) -> EncoderBundle:
     """A timm ViT state dict, e.g. Meta-Transformer's encoder .pth (ViT-B/16, ViT-L/14)."""
@@ -119,7 +128,7 @@ def _hf_model(path: Path, kinds: dict[str, str]) -> nn.Module:
 @ENCODERS.register("hf-vit")
 def _hf_vit(cfg: EncoderConfig) -> EncoderBundle:
     """A local Hugging Face ViT or AST (Audio Spectrogram Transformer) directory."""
-    path = _path(cfg)
+    path = _model_dir(cfg)
     model = _hf_model(path, {"vit": "ViTModel", "audio-spectrogram-transformer": "ASTModel"})
     weights = LAYOUTS.get("hf-vit")(model.state_dict(), str(path))
     if model.config.model_type != "vit":
@@ -131,7 +140,7 @@ def _hf_vit(cfg: EncoderConfig) -> EncoderBundle:
 @ENCODERS.register("hf-clip")
 def _hf_clip(cfg: EncoderConfig) -> EncoderBundle:
     """A local Hugging Face CLIP directory (its vision tower) or CLIP vision model."""
-    path = _path(cfg)
+    path = _model_dir(cfg)
     model = _hf_model(path, {"clip": "CLIPVisionModel", "clip_vision_model": "CLIPVisionModel"})
     weights = LAYOUTS.get("hf-clip")(model.state_dict(), str(path))
     c = model.config

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from tqdm import tqdm
 
 from mpsl.config import Config
 from mpsl.data import Dataset
 from mpsl.devices import compile_module, resolve_device
 from mpsl.models import ClientModel, WholeModel, build_split_model
 from mpsl.parties import adam
+from mpsl.progress import Progress
+from mpsl.progress import progress_bar as stage_bar
 from mpsl.registry import Registry
 from mpsl.runtime import Traffic
 from mpsl.tasks import TASKS, Task
@@ -110,9 +111,9 @@ def register(cls: type[MethodT]) -> type[MethodT]:
     return cls
 
 
-def progress_bar(label: str, total: int, progress: bool) -> tqdm:
-    """One bar per method and epoch (or round), gone when it is done."""
-    return tqdm(total=total, desc=label, unit="step", disable=not progress, leave=False, dynamic_ncols=True)
+def progress_bar(label: str, total: int, progress: bool) -> Progress:
+    """One bar per method and epoch (or round), gone when it is done (the run loop prints the epoch's line)."""
+    return stage_bar(desc=label, total=total, unit="step", enabled=progress, transient=True)
 
 
 def whole_model(method: Method) -> WholeModel:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from mpsl.config import Config, client_batch_sizes
 from mpsl.data import Dataset, SplitData
@@ -31,6 +30,7 @@ from mpsl.experiment.methods.base import (
 from mpsl.experiment.methods.local import local_epoch
 from mpsl.models import WholeModel
 from mpsl.parties import client_seed, client_shards
+from mpsl.progress import Progress
 from mpsl.protocol import Codec, Weights
 from mpsl.runtime import Traffic, carry
 from mpsl.tasks import Task
@@ -49,7 +49,7 @@ class FLClient:
 
 
 def local_update(worker: WholeModel, received: Weights, client: FLClient, cfg: Config, task: Task,
-                 round_lr_scale: float, bar: tqdm | None = None) -> tuple[Weights, RoundStats]:
+                 round_lr_scale: float, bar: Progress | None = None) -> tuple[Weights, RoundStats]:
     """One client's round: start from the global weights, train `fl.local_epochs`, return its weights."""
     load_trainable(worker, received.tensors)
     opt = whole_model_adam(worker, cfg)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from tqdm import tqdm
 
 from mpsl.config import Config, RuntimeConfig
 from mpsl.data import Dataset, SplitData
@@ -19,13 +18,14 @@ from mpsl.experiment.methods.base import (
 )
 from mpsl.models import WholeModel
 from mpsl.parties import client_seed, step_lr
+from mpsl.progress import Progress
 from mpsl.runtime import Traffic
 from mpsl.tasks import Task
 
 
 def local_epoch(model: WholeModel, opt: torch.optim.Optimizer | None, data: SplitData, batch_size: int,
                 order: torch.Generator, task: Task, runtime: RuntimeConfig, precision: str,
-                bar: tqdm | None = None) -> RoundStats:
+                bar: Progress | None = None) -> RoundStats:
     """One pass over `data` in mini-batches: forward, mean loss, backward, step. No cut, no network.
 
     The same precision as the MPSL server (`model.precision`), so the comparison stays fair; fp16 gets a

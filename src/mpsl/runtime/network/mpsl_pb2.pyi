@@ -1,7 +1,6 @@
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -11,7 +10,7 @@ class Chunk(_message.Message):
     LAST_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     last: bool
-    def __init__(self, data: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
+    def __init__(self, data: _Optional[bytes] = ..., last: bool = ...) -> None: ...
 
 class ServerMessage(_message.Message):
     __slots__ = ("welcome", "start_epoch", "embed", "frame", "end_epoch", "checkpoint", "finish")

@@ -5,7 +5,7 @@ import warnings
 
 from mpsl.runtime.network import mpsl_pb2 as mpsl_dot_runtime_dot_network_dot_mpsl__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.70.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in mpsl/runtime/network/mpsl_pb2_grpc.py depends on'
+        + f' but the generated code in mpsl/runtime/network/mpsl_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class SplitLearningStub:
+class SplitLearningStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -46,7 +46,7 @@ class SplitLearningStub:
                 _registered_method=True)
 
 
-class SplitLearningServicer:
+class SplitLearningServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Session(self, request_iterator, context):
@@ -84,7 +84,7 @@ def add_SplitLearningServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class SplitLearning:
+class SplitLearning(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
