@@ -3,7 +3,7 @@ mpsl's encoder computes."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,14 +11,34 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mpsl.cli import main
-from mpsl.config import load_config, to_dict
+from mpsl.config import Config, load_config
 from mpsl.data import load_dataset
 from mpsl.errors import MpslError
 from mpsl.experiment.export import export_encoder
+from mpsl.experiment.results import (
+    ClientMemory,
+    Comm,
+    Cost,
+    FlopsPerSample,
+    RunResult,
+    TrainableParams,
+    Versions,
+)
 from mpsl.experiment.run import run_method
 from mpsl.models import SharedEncoder
 from mpsl.models.finetune import build_encoder
 from tests.helpers import tiny_config
+
+
+def _results(cfg: Config) -> RunResult:
+    """A results.json of one MPSL epoch of `cfg`, with nothing measured: what export reads is the config."""
+    zero = {f.name: 0 for f in dataclasses.fields(Comm)}
+    return RunResult(
+        method="mpsl", dataset=cfg.data.name, task="classification", metric="test_accuracy", num_clients=1, epochs=1,
+        seed=cfg.seed, config=cfg, history=(), final={"test_accuracy": 0.0}, personalized=(), comm=Comm(**zero),
+        cost=Cost(FlopsPerSample(0.0, 0.0, 0.0, 0.0), ClientMemory(0, 0, 0, 0, 1), TrainableParams(0, 0, 0, 0)),
+        samples_per_client=(1,), modalities_per_client=(("image",),), client_batch_size=1, wall_seconds=0.0,
+        versions=Versions("0", "0", "0", None))
 
 
 def _trained_encoder(cfg, folder: Path) -> SharedEncoder:
@@ -82,7 +102,7 @@ def test_a_minilm_run_exports_its_blocks_with_the_base_models_embeddings_and_tok
             p.add_(0.01 * torch.randn_like(p))
     state = {f"encoder.{k}": v.contiguous() for k, v in encoder.state_dict().items()}
     save_file(state, tmp_path / "server.safetensors")
-    (tmp_path / "results.json").write_text(json.dumps({"method": "mpsl", "config": to_dict(cfg)}))
+    _results(cfg).save(tmp_path / "results.json")
 
     # Execute
     (written,) = export_encoder(tmp_path, tmp_path / "out")
@@ -98,7 +118,7 @@ def test_a_minilm_run_exports_its_blocks_with_the_base_models_embeddings_and_tok
 def test_an_encoder_of_a_vit_source_is_refused_naming_the_sources_that_export(tmp_path: Path) -> None:
     # Prepare
     cfg = load_config(None, ["model.encoder.source=vit", "model.encoder.preset=vit-ti16"])
-    (tmp_path / "results.json").write_text(json.dumps({"method": "mpsl", "config": to_dict(cfg)}))
+    _results(cfg).save(tmp_path / "results.json")
 
     # Execute
     with pytest.raises(MpslError) as err:

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from mpsl.config import Config, EncoderConfig, from_dict
+from mpsl.config import Config, EncoderConfig
 from mpsl.errors import MpslError
-from mpsl.experiment.run import load_results, read_json
+from mpsl.experiment.results import RunResult
+from mpsl.experiment.run import load_results
 from mpsl.packaged import local_model, minilm_dir
 
 EXPORTABLE = ("minilm", "hf-bert", "random")  # sources whose blocks are transformers' BertLayer
@@ -35,7 +35,7 @@ def method_dir(run: Path, method: str | None) -> Path:
     """The folder of one method's results: `run` itself, or its `method` (default: mpsl, else the first)."""
     if (run / "results.json").is_file():
         return run
-    methods = [r["method"] for r in load_results(run)]
+    methods = [r.method for r in load_results(run)]
     name = method or ("mpsl" if "mpsl" in methods else methods[0])
     if name not in methods:
         raise MpslError(f"{run} has no results for method {name!r} (it has: {', '.join(methods)})")
@@ -84,8 +84,7 @@ def _split(server: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], di
 
 def export_encoder(folder: Path, out: Path) -> list[Path]:
     """Write `out`/encoder (and `out`/adapter for LoRA) from the results and server checkpoint in `folder`."""
-    result: dict[str, Any] = read_json(folder / "results.json")
-    cfg: Config = from_dict(result["config"])
+    cfg: Config = RunResult.load(folder / "results.json").config
     enc = cfg.model.encoder
     if enc.source not in EXPORTABLE:
         raise MpslError(f"mpsl export: encoder source {enc.source!r} is not exported; the BERT-family sources are "
