@@ -26,7 +26,7 @@ MAGIC = b"MPSL"
 VERSION = 1
 _PREFIX = struct.Struct("<4sBI")
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+_ELEMENT_SIZE = {name: torch.empty((), dtype=d).element_size() for name, d in DTYPES.items()}
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
@@ -46,29 +46,13 @@ class Codec:
         self.wire_dtype_name = wire_dtype
 
     def encode(self, msg: Any) -> bytes:
-        name = type(msg).__name__
-        if MESSAGE_TYPES.get(name) is not type(msg):
-            raise ProtocolError(f"{name} is not a protocol message")
-        fields: dict[str, Any] = {}
-        tensors: list[dict[str, Any]] = []
-        chunks: list[bytes] = []
-
-        def add(key: str, t: torch.Tensor) -> None:
-            wire = t.to(self.wire_dtype)
-            tensors.append({"name": key, "dtype": _DTYPE_NAMES[wire.dtype], "shape": list(wire.shape)})
-            chunks.append(_tensor_bytes(wire))
-
-        for f in dataclasses.fields(msg):
-            value = getattr(msg, f.name)
-            if isinstance(value, torch.Tensor):
-                add(f.name, value)
-            elif isinstance(value, dict):
-                for m, t in value.items():
-                    add(f"{f.name}.{m}", t)
-            else:
-                fields[f.name] = value
-        header = json.dumps({"type": name, "fields": fields, "tensors": tensors}, separators=(",", ":")).encode()
+        header, tensors = _frame_parts(msg, self.wire_dtype_name)
+        chunks = [_tensor_bytes(t.to(self.wire_dtype)) for t in tensors]
         return _PREFIX.pack(MAGIC, VERSION, len(header)) + header + b"".join(chunks)
+
+    def encoded_nbytes(self, msg: Any) -> int:
+        """len(self.encode(msg)), computed from the header and the tensors' shapes alone."""
+        return encoded_nbytes(msg, self.wire_dtype_name)
 
     def decode(self, frame: bytes) -> Any:
         header = _read_header(frame)
@@ -91,6 +75,62 @@ class Codec:
             raise ProtocolError(f"{cls.__name__}: expected fields {sorted(names)}, got {sorted(values)}")
         _check_scalars(cls, values)
         return cls(**values)
+
+
+def _frame_parts(msg: Any, wire_dtype: str) -> tuple[bytes, list[torch.Tensor]]:
+    """The header bytes and the tensors in frame order: one description shared by encode and encoded_nbytes,
+    so a count from shapes cannot drift from what is really sent."""
+    name = type(msg).__name__
+    if MESSAGE_TYPES.get(name) is not type(msg):
+        raise ProtocolError(f"{name} is not a protocol message")
+    fields: dict[str, Any] = {}
+    entries: list[dict[str, Any]] = []
+    tensors: list[torch.Tensor] = []
+    for f in dataclasses.fields(msg):
+        value = getattr(msg, f.name)
+        named = ([(f.name, value)] if isinstance(value, torch.Tensor)
+                 else [(f"{f.name}.{m}", t) for m, t in value.items()] if isinstance(value, dict) else None)
+        if named is None:
+            fields[f.name] = value
+            continue
+        for key, t in named:
+            entries.append({"name": key, "dtype": wire_dtype, "shape": list(t.shape)})
+            tensors.append(t)
+    header = json.dumps({"type": name, "fields": fields, "tensors": entries}, separators=(",", ":")).encode()
+    return header, tensors
+
+
+def encoded_nbytes(msg: Any, wire_dtype: str = "float32") -> int:
+    """The exact length of Codec(wire_dtype).encode(msg) without encoding a tensor: prefix + header +
+    numel x element size of each tensor. What the in-process runtimes count instead of encoding."""
+    if wire_dtype not in DTYPES:
+        raise ProtocolError(f"wire dtype {wire_dtype!r} is not one of {', '.join(DTYPES)}")
+    header, tensors = _frame_parts(msg, wire_dtype)
+    return _PREFIX.size + len(header) + sum(t.numel() for t in tensors) * _ELEMENT_SIZE[wire_dtype]
+
+
+def wire_copy(msg: Any, wire_dtype: str = "float32") -> Any:
+    """The message as Codec(wire_dtype).decode(encode(msg)) returns it, without the bytes: every tensor a
+    fresh float32 copy through the wire dtype (no shared memory or graph with the sender), refused if it
+    holds NaN or infinite values as decode refuses it."""
+    dtype = DTYPES[wire_dtype]
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(msg):
+        value = getattr(msg, f.name)
+        if isinstance(value, torch.Tensor):
+            values[f.name] = _wire_tensor(f.name, value, dtype)
+        elif isinstance(value, dict):
+            values[f.name] = {m: _wire_tensor(f"{f.name}.{m}", t, dtype) for m, t in value.items()}
+        else:
+            values[f.name] = value
+    return type(msg)(**values)
+
+
+def _wire_tensor(name: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    copy = t.detach().to(dtype, copy=True).to(torch.float32)  # what the receiver decodes: [same shape]
+    if not torch.isfinite(copy).all():
+        raise ProtocolError(f"tensor {name}: contains NaN or infinite values")
+    return copy
 
 
 def _check_scalars(cls: type, values: dict[str, Any]) -> None:

@@ -1,0 +1,76 @@
+"""Bytes counted from shapes are the bytes the codec writes, and a counted hand-over delivers what decode would."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mpsl.errors import ProtocolError
+from mpsl.protocol import Codec, CutGrad, FeatureGrad, Features, Tokens, Weights, encoded_nbytes
+from mpsl.protocol.serde import wire_copy
+
+MESSAGES = [
+    Tokens(3, 7, {"image": torch.randn(2, 5, 4), "audio": torch.randn(2, 3, 4)}),
+    Tokens(12345, 0, {"audio": torch.randn(1, 109, 8)}),  # a client lacking a modality, longer ids
+    Features(7, torch.randn(2, 2, 4), 0.25),
+    Features(1_000_000, torch.randn(5, 10), 1 / 3),  # logits; a share that prints with 16 digits
+    FeatureGrad(7, torch.randn(2, 2, 4), 1.5, 1, 2),
+    FeatureGrad(8, torch.randn(3, 6, 4), 2.3025851249694824, 0, 3),
+    CutGrad(7, {"image": torch.randn(2, 5, 4), "audio": torch.randn(2, 3, 4)}, 0.25),
+    CutGrad(9, {"captions": torch.zeros(0, 5, 4)}, 1.0),  # an empty tensor still has a header entry
+    Weights(2, 96, {"tokenizers.image.proj.weight": torch.randn(4, 1, 2, 2), "head.fc.bias": torch.randn(3)}),
+]
+EMPTY = Weights(0, 0, {})  # encodes; the codec cannot decode a message whose only dict is empty
+
+
+@pytest.mark.parametrize("msg", [*MESSAGES, EMPTY], ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("wire", ["float32", "float16", "bfloat16"])
+def test_the_count_from_shapes_equals_the_encoded_length_for_every_message_kind(msg: object, wire: str) -> None:
+    # Execute
+    counted = encoded_nbytes(msg, wire)
+    written = len(Codec(wire).encode(msg))
+    # Assert
+    assert counted == written
+    assert Codec(wire).encoded_nbytes(msg) == written
+
+
+@settings(max_examples=40, deadline=None)
+@given(client=st.integers(0, 10**9), step=st.integers(0, 10**9), b=st.integers(0, 7), t=st.integers(1, 9),
+       share=st.floats(1e-9, 1.0), loss=st.floats(0.0, 1e6))
+def test_the_count_holds_for_any_ids_shares_and_losses(client: int, step: int, b: int, t: int, share: float,
+                                                       loss: float) -> None:
+    tokens = {"image": torch.zeros(b, t, 3)}
+    for msg in (Tokens(client, step, tokens), Features(step, torch.zeros(b, t), share),
+                FeatureGrad(step, torch.zeros(b, t), loss, b, b), CutGrad(step, tokens, share)):
+        assert encoded_nbytes(msg) == len(Codec().encode(msg))
+
+
+@pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("wire", ["float32", "bfloat16"])
+def test_a_counted_hand_over_delivers_what_decoding_the_frame_delivers(msg: object, wire: str) -> None:
+    # Execute
+    codec = Codec(wire)
+    decoded, copied = codec.decode(codec.encode(msg)), wire_copy(msg, wire)
+    # Assert: same values, fresh memory
+    assert type(copied) is type(decoded)
+    for name, want in vars(decoded).items():
+        got, sent = getattr(copied, name), getattr(msg, name)
+        if isinstance(want, torch.Tensor):
+            want, got, sent = {"": want}, {"": got}, {"": sent}
+        if isinstance(want, dict):
+            assert list(got) == list(want)
+            for key in want:
+                assert got[key].dtype == torch.float32 and torch.equal(got[key], want[key])
+                assert got[key].numel() == 0 or got[key].data_ptr() != sent[key].data_ptr()
+        else:
+            assert got == want
+
+
+def test_a_counted_hand_over_refuses_what_decode_refuses() -> None:
+    bad = Features(0, torch.tensor([[1.0, float("nan")]]), 1.0)
+    with pytest.raises(ProtocolError, match="NaN or infinite"):
+        Codec().decode(Codec().encode(bad))
+    with pytest.raises(ProtocolError, match="NaN or infinite"):
+        wire_copy(bad)
