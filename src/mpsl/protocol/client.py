@@ -48,12 +48,19 @@ class SplitClient:
         self._cursor = 0
         self.epoch = epoch
 
-    def embed(self, step: int) -> Tokens | None:
+    def next_batch(self) -> SplitData | None:
+        """The next mini-batch of this epoch's order, None once the data is exhausted; also what a batched
+        simulation of many clients draws, so every client's batches are the same however it runs."""
         if self._cursor >= len(self.data):
             return None
         index = self._order[self._cursor:self._cursor + self.batch_size]  # [b]
         self._cursor += len(index)
-        batch = self.data.subset(index)
+        return self.data.subset(index)
+
+    def embed(self, step: int) -> Tokens | None:
+        batch = self.next_batch()
+        if batch is None:
+            return None
         self.model.train()
         tokens = self.model.embed(batch.inputs)  # m -> [b, T_m, D], graph kept until cut_grad
         self._pending = (step, tokens, batch.labels)
