@@ -150,6 +150,16 @@ class DeployConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """How the in-process simulation executes its clients; the math is the same either way (to float rounding)."""
+
+    # batched: all clients of a step as one stacked computation (vmap over stacked parameters, one multi-tensor
+    # Adam), bytes counted from shapes; loop: one SplitClient after another through per-client handles. A
+    # client model that batched clients cannot run exactly (e.g. a frozen CLIP text tower) falls back to loop.
+    clients: Literal["batched", "loop"] = "batched"
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     tensorboard: bool = False  # event files in runs/<name>/<method>/tensorboard (needs `tensorboard`)
 
@@ -177,6 +187,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def replace(self, **overrides: Any) -> Config:
         """A copy with dotted overrides applied and validated, e.g. replace(**{"train.epochs": 1})."""
