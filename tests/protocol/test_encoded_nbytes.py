@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpsl.errors import ProtocolError
-from mpsl.protocol import Codec, CutGrad, FeatureGrad, Features, Tokens, Weights, encoded_nbytes
+from mpsl.protocol import Codec, CutGrad, FeatureGrad, Features, Tokens, Weights, encoded_nbytes, payload_nbytes
 from mpsl.protocol.serde import wire_copy
 
 MESSAGES = [
@@ -30,10 +32,27 @@ EMPTY = Weights(0, 0, {})  # encodes; the codec cannot decode a message whose on
 def test_the_count_from_shapes_equals_the_encoded_length_for_every_message_kind(msg: object, wire: str) -> None:
     # Execute
     counted = encoded_nbytes(msg, wire)
-    written = len(Codec(wire).encode(msg))
-    # Assert
-    assert counted == written
-    assert Codec(wire).encoded_nbytes(msg) == written
+    frame = Codec(wire).encode(msg)
+    # Assert: the count, and the frame itself is the documented prefix + compact JSON header + payload
+    assert counted == len(frame) == Codec(wire).encoded_nbytes(msg)
+    header = json.dumps({"type": type(msg).__name__, "fields": _scalars(msg), "tensors": _entries(msg, wire)},
+                        separators=(",", ":")).encode()
+    assert frame[9:9 + len(header)] == header
+    assert len(frame) == 9 + len(header) + payload_nbytes(msg, wire)
+
+
+def _scalars(msg: object) -> dict:
+    return {k: v for k, v in vars(msg).items() if not isinstance(v, torch.Tensor | dict)}
+
+
+def _entries(msg: object, wire: str) -> list[dict]:
+    named = []
+    for k, v in vars(msg).items():
+        if isinstance(v, torch.Tensor):
+            named.append((k, v))
+        elif isinstance(v, dict):
+            named += [(f"{k}.{m}", t) for m, t in v.items()]
+    return [{"name": k, "dtype": wire, "shape": list(t.shape)} for k, t in named]
 
 
 @settings(max_examples=40, deadline=None)
@@ -68,8 +87,9 @@ def test_a_counted_hand_over_delivers_what_decoding_the_frame_delivers(msg: obje
             assert got == want
 
 
-def test_a_counted_hand_over_refuses_what_decode_refuses() -> None:
-    bad = Features(0, torch.tensor([[1.0, float("nan")]]), 1.0)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_a_counted_hand_over_refuses_what_decode_refuses(value: float) -> None:
+    bad = Features(0, torch.tensor([[1.0, value, -2.0]]), 1.0)
     with pytest.raises(ProtocolError, match="NaN or infinite"):
         Codec().decode(Codec().encode(bad))
     with pytest.raises(ProtocolError, match="NaN or infinite"):

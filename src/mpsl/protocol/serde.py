@@ -10,6 +10,7 @@ uses the same encoding, so every runtime moves and counts exactly the same bytes
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import struct
@@ -77,36 +78,59 @@ class Codec:
         return cls(**values)
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"))  # the header's compact JSON; one encoder, not one per message
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _frame_parts(msg: Any, wire_dtype: str) -> tuple[bytes, list[torch.Tensor]]:
     """The header bytes and the tensors in frame order: one description shared by encode and encoded_nbytes,
-    so a count from shapes cannot drift from what is really sent."""
-    name = type(msg).__name__
-    if MESSAGE_TYPES.get(name) is not type(msg):
+    so a count from shapes cannot drift from what is really sent.
+
+    The header is the compact JSON of {"type", "fields", "tensors"}, written part by part so that the tensor
+    entries (the same few shapes every step) are serialized once and reused.
+    """
+    cls = type(msg)
+    name = cls.__name__
+    if MESSAGE_TYPES.get(name) is not cls:
         raise ProtocolError(f"{name} is not a protocol message")
+    names = _FIELD_NAMES.get(cls) or _FIELD_NAMES.setdefault(cls, tuple(f.name for f in dataclasses.fields(cls)))
     fields: dict[str, Any] = {}
-    entries: list[dict[str, Any]] = []
+    layout: list[tuple[str, tuple[int, ...]]] = []
     tensors: list[torch.Tensor] = []
-    for f in dataclasses.fields(msg):
-        value = getattr(msg, f.name)
-        named = ([(f.name, value)] if isinstance(value, torch.Tensor)
-                 else [(f"{f.name}.{m}", t) for m, t in value.items()] if isinstance(value, dict) else None)
-        if named is None:
-            fields[f.name] = value
-            continue
-        for key, t in named:
-            entries.append({"name": key, "dtype": wire_dtype, "shape": list(t.shape)})
-            tensors.append(t)
-    header = json.dumps({"type": name, "fields": fields, "tensors": entries}, separators=(",", ":")).encode()
-    return header, tensors
+    for field_name in names:
+        value = getattr(msg, field_name)
+        if isinstance(value, torch.Tensor):
+            layout.append((field_name, tuple(value.shape)))
+            tensors.append(value)
+        elif isinstance(value, dict):
+            for m, t in value.items():
+                layout.append((f"{field_name}.{m}", tuple(t.shape)))
+                tensors.append(t)
+        else:
+            fields[field_name] = value
+    header = (f'{{"type":{_JSON.encode(name)},"fields":{_JSON.encode(fields)},'
+              f'"tensors":{_tensor_entries(tuple(layout), wire_dtype)}}}')
+    return header.encode(), tensors
+
+
+@functools.lru_cache(maxsize=4096)
+def _tensor_entries(layout: tuple[tuple[str, tuple[int, ...]], ...], wire_dtype: str) -> str:
+    return _JSON.encode([{"name": key, "dtype": wire_dtype, "shape": list(shape)} for key, shape in layout])
+
+
+def frame_nbytes(msg: Any, wire_dtype: str = "float32") -> tuple[int, int]:
+    """(len(Codec(wire_dtype).encode(msg)), its tensor payload), from the header and the shapes alone."""
+    if wire_dtype not in DTYPES:
+        raise ProtocolError(f"wire dtype {wire_dtype!r} is not one of {', '.join(DTYPES)}")
+    header, tensors = _frame_parts(msg, wire_dtype)
+    payload = sum(t.numel() for t in tensors) * _ELEMENT_SIZE[wire_dtype]
+    return _PREFIX.size + len(header) + payload, payload
 
 
 def encoded_nbytes(msg: Any, wire_dtype: str = "float32") -> int:
     """The exact length of Codec(wire_dtype).encode(msg) without encoding a tensor: prefix + header +
     numel x element size of each tensor. What the in-process runtimes count instead of encoding."""
-    if wire_dtype not in DTYPES:
-        raise ProtocolError(f"wire dtype {wire_dtype!r} is not one of {', '.join(DTYPES)}")
-    header, tensors = _frame_parts(msg, wire_dtype)
-    return _PREFIX.size + len(header) + sum(t.numel() for t in tensors) * _ELEMENT_SIZE[wire_dtype]
+    return frame_nbytes(msg, wire_dtype)[0]
 
 
 def wire_copy(msg: Any, wire_dtype: str = "float32") -> Any:
@@ -128,9 +152,17 @@ def wire_copy(msg: Any, wire_dtype: str = "float32") -> Any:
 
 def _wire_tensor(name: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     copy = t.detach().to(dtype, copy=True).to(torch.float32)  # what the receiver decodes: [same shape]
-    if not torch.isfinite(copy).all():
+    if not all_finite(copy):
         raise ProtocolError(f"tensor {name}: contains NaN or infinite values")
     return copy
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """torch.isfinite(t).all() in one pass without a boolean copy: NaN or an infinity reaches the extremes."""
+    if t.numel() == 0:
+        return True
+    low, high = torch.aminmax(t)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 def _check_scalars(cls: type, values: dict[str, Any]) -> None:

@@ -40,6 +40,7 @@ from mpsl.models.tokenizers import PatchTokenizer, SentenceTokenizer, TextTokeni
 from mpsl.protocol.client import SplitClient
 from mpsl.protocol.group import Offer
 from mpsl.protocol.messages import CutGrad, FeatureGrad, Features, Tokens
+from mpsl.protocol.serde import all_finite
 from mpsl.runtime.traffic import Traffic, count
 from mpsl.tasks import Task
 
@@ -402,5 +403,5 @@ def _device(module: nn.Module) -> torch.device:
 
 def _check_finite(name: str, t: torch.Tensor, clients: list[int]) -> None:
     """What decoding refuses on the wire, refused here too: NaN or infinite values."""
-    if not torch.isfinite(t).all():
+    if not all_finite(t.detach()):
         raise ProtocolError(f"tensor {name} of clients {clients}: contains NaN or infinite values")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mpsl.protocol.serde import Codec, encoded_nbytes, framing_nbytes, payload_nbytes, wire_copy
+from mpsl.protocol.serde import Codec, frame_nbytes, framing_nbytes, wire_copy
 
 Direction = Literal["up", "down"]
 
@@ -37,7 +37,7 @@ def carry(codec: Codec, traffic: Traffic, msg: Any, direction: Direction) -> Any
 
 def count(traffic: Traffic, msg: Any, direction: Direction, wire_dtype: str = "float32") -> None:
     """Count the frame the codec would produce for `msg`, from shapes alone (serde.encoded_nbytes)."""
-    traffic.add(encoded_nbytes(msg, wire_dtype), payload_nbytes(msg, wire_dtype), direction)
+    traffic.add(*frame_nbytes(msg, wire_dtype), direction)
 
 
 def relay(codec: Codec, traffic: Traffic, msg: Any, direction: Direction) -> Any:
