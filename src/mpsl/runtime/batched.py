@@ -381,13 +381,6 @@ class BatchedClients:
             raise ProtocolError(f"client {cid}: message for step {step}, but the open step is {held}")
         return k
 
-    def state_dict(self) -> dict[str, object]:
-        """Optimizer and schedule state of every client (their weights live in their ClientModels)."""
-        return {"exp_avg": {n: b.exp_avg.clone() for n, b in self.blocks.items()},
-                "exp_avg_sq": {n: b.exp_avg_sq.clone() for n, b in self.blocks.items()},
-                "steps": {n: b.steps.clone() for n, b in self.blocks.items()},
-                "lr": self.lr.clone(), "epochs_ended": self.epochs_ended}
-
 
 def _labels(open_step: _OpenStep, members: list[int]) -> torch.Tensor:
     """[n, b] labels of `members`, in that order (usually one whole group: no copy)."""
