@@ -4,12 +4,12 @@ The centralized step is the whole model (one tokenizer copy + the encoder) train
 batch, forward, loss, backward, one fused Adam step. The MPSL step is `mpsl_step` over N clients of
 b = ceil(B / N) samples each (the same N * b samples), with the clients run one after another (`loop`) or
 as one batched computation (`batched`). The two are timed interleaved, step for step, so that drift of a
-shared machine hits both alike; the ratios are of the medians, in wall time and in process CPU time (less
-sensitive to other processes on the machine). Each (N, clients) runs in a fresh process, so its peak RSS is
-its own. Run:
+shared machine hits both alike; a ratio is the median over those pairs of MPSL / centralized, in wall time
+and in process CPU time (less sensitive to other processes on the machine). Each (N, clients) runs in a
+fresh process, so its peak RSS is its own. Run:
 
     .venv/bin/python benchmarks/step_overhead.py --num-clients 10 100 1000 --clients loop batched \\
-        [--batch 100] [--steps 5] [--preset vit-ti16]
+        [--batch 100] [--steps 10] [--preset vit-ti16]
 """
 
 from __future__ import annotations
@@ -85,9 +85,12 @@ def measure(clients: int, execution: str, batch: int, steps: int, preset: str) -
                 assert result is not None and result.count == total, "every client must take part in every step"
             wall[kind].append(time.perf_counter() - start)
             cpu[kind].append(time.process_time() - start_cpu)
-    c, m = statistics.median(wall["central"]), statistics.median(wall["mpsl"])
-    return {"clients": clients, "execution": execution, "samples": total, "central_s": c, "mpsl_s": m,
-            "ratio": m / c, "cpu_ratio": statistics.median(cpu["mpsl"]) / statistics.median(cpu["central"]),
+    def ratio(times: dict[str, list[float]]) -> float:  # per adjacent pair, so slow drift cancels; then the median
+        return statistics.median(m / c for m, c in zip(times["mpsl"], times["central"], strict=True))
+
+    return {"clients": clients, "execution": execution, "samples": total,
+            "central_s": statistics.median(wall["central"]), "mpsl_s": statistics.median(wall["mpsl"]),
+            "ratio": ratio(wall), "cpu_ratio": ratio(cpu),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -97,7 +100,7 @@ def main() -> None:
     parser.add_argument("--clients", choices=["loop", "batched"], nargs="+", default=["batched"],
                         help="how the simulation runs its clients (runtime.clients)")
     parser.add_argument("--batch", type=int, default=100, help="global batch B; N > B clients send 1 sample each")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps of each kind")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps of each kind")
     parser.add_argument("--preset", default="vit-ti16", help="random-init ViT encoder of this shape")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a single measurement, as JSON
     args = parser.parse_args()

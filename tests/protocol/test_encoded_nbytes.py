@@ -35,6 +35,11 @@ def test_the_count_from_shapes_equals_the_encoded_length_for_every_message_kind(
     frame = Codec(wire).encode(msg)
     # Assert: the count, and the frame itself is the documented prefix + compact JSON header + payload
     assert counted == len(frame) == Codec(wire).encoded_nbytes(msg)
+    _assert_documented_frame(frame, msg, wire)
+
+
+def _assert_documented_frame(frame: bytes, msg: object, wire: str) -> None:
+    """Independently of the codec's own header builder: prefix, json.dumps of the header, payload."""
     header = json.dumps({"type": type(msg).__name__, "fields": _scalars(msg), "tensors": _entries(msg, wire)},
                         separators=(",", ":")).encode()
     assert frame[9:9 + len(header)] == header
@@ -63,7 +68,9 @@ def test_the_count_holds_for_any_ids_shares_and_losses(client: int, step: int, b
     tokens = {"image": torch.zeros(b, t, 3)}
     for msg in (Tokens(client, step, tokens), Features(step, torch.zeros(b, t), share),
                 FeatureGrad(step, torch.zeros(b, t), loss, b, b), CutGrad(step, tokens, share)):
-        assert encoded_nbytes(msg) == len(Codec().encode(msg))
+        frame = Codec().encode(msg)
+        assert encoded_nbytes(msg) == len(frame)
+        _assert_documented_frame(frame, msg, "float32")
 
 
 @pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: type(m).__name__)

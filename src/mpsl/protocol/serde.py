@@ -47,7 +47,8 @@ class Codec:
         self.wire_dtype_name = wire_dtype
 
     def encode(self, msg: Any) -> bytes:
-        header, tensors = _frame_parts(msg, self.wire_dtype_name)
+        name, fields, layout, tensors = _describe(msg)
+        header = _header(name, fields, layout, self.wire_dtype_name).encode()
         chunks = [_tensor_bytes(t.to(self.wire_dtype)) for t in tensors]
         return _PREFIX.pack(MAGIC, VERSION, len(header)) + header + b"".join(chunks)
 
@@ -82,13 +83,12 @@ _JSON = json.JSONEncoder(separators=(",", ":"))  # the header's compact JSON; on
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
-def _frame_parts(msg: Any, wire_dtype: str) -> tuple[bytes, list[torch.Tensor]]:
-    """The header bytes and the tensors in frame order: one description shared by encode and encoded_nbytes,
-    so a count from shapes cannot drift from what is really sent.
+Layout = tuple[tuple[str, tuple[int, ...]], ...]  # (tensor name, shape) of each tensor, in frame order
 
-    The header is the compact JSON of {"type", "fields", "tensors"}, written part by part so that the tensor
-    entries (the same few shapes every step) are serialized once and reused.
-    """
+
+def _describe(msg: Any) -> tuple[str, dict[str, Any], Layout, list[torch.Tensor]]:
+    """A message's type name, scalar fields, tensor layout and tensors in frame order: the one reading of a
+    message that encode and the byte count share, so a count from shapes cannot drift from what is sent."""
     cls = type(msg)
     name = cls.__name__
     if MESSAGE_TYPES.get(name) is not cls:
@@ -108,23 +108,46 @@ def _frame_parts(msg: Any, wire_dtype: str) -> tuple[bytes, list[torch.Tensor]]:
                 tensors.append(t)
         else:
             fields[field_name] = value
-    header = (f'{{"type":{_JSON.encode(name)},"fields":{_JSON.encode(fields)},'
-              f'"tensors":{_tensor_entries(tuple(layout), wire_dtype)}}}')
-    return header.encode(), tensors
+    return name, fields, tuple(layout), tensors
+
+
+def _header(name: str, fields: dict[str, Any], layout: Layout, wire_dtype: str) -> str:
+    """The compact JSON of {"type", "fields", "tensors"}: the fixed parts and the tensor entries (the same
+    few shapes every step) are serialized once and reused; only the scalar fields are written per message."""
+    head, tail, _ = _fixed_parts(name, layout, wire_dtype)
+    return head + _fields_json(fields) + tail
+
+
+def _fields_json(fields: dict[str, Any]) -> str:
+    """json.dumps(fields, separators=(",", ":")) for identifier keys: ints and finite floats as json writes
+    them (their repr), anything else through the encoder."""
+    return "{" + ",".join(f'"{key}":{_scalar_json(value)}' for key, value in fields.items()) + "}"
+
+
+def _scalar_json(value: Any) -> str:
+    if type(value) is int:
+        return int.__repr__(value)
+    if type(value) is float and math.isfinite(value):
+        return float.__repr__(value)
+    return _JSON.encode(value)
 
 
 @functools.lru_cache(maxsize=4096)
-def _tensor_entries(layout: tuple[tuple[str, tuple[int, ...]], ...], wire_dtype: str) -> str:
-    return _JSON.encode([{"name": key, "dtype": wire_dtype, "shape": list(shape)} for key, shape in layout])
+def _fixed_parts(name: str, layout: Layout, wire_dtype: str) -> tuple[str, str, int]:
+    """The header before and after its scalar fields, and the tensors' total numel."""
+    entries = _JSON.encode([{"name": key, "dtype": wire_dtype, "shape": list(shape)} for key, shape in layout])
+    return (f'{{"type":{_JSON.encode(name)},"fields":', f',"tensors":{entries}}}',
+            sum(math.prod(shape) for _, shape in layout))
 
 
 def frame_nbytes(msg: Any, wire_dtype: str = "float32") -> tuple[int, int]:
     """(len(Codec(wire_dtype).encode(msg)), its tensor payload), from the header and the shapes alone."""
     if wire_dtype not in DTYPES:
         raise ProtocolError(f"wire dtype {wire_dtype!r} is not one of {', '.join(DTYPES)}")
-    header, tensors = _frame_parts(msg, wire_dtype)
-    payload = sum(t.numel() for t in tensors) * _ELEMENT_SIZE[wire_dtype]
-    return _PREFIX.size + len(header) + payload, payload
+    name, fields, layout, _ = _describe(msg)
+    head, tail, numel = _fixed_parts(name, layout, wire_dtype)
+    payload = numel * _ELEMENT_SIZE[wire_dtype]
+    return _PREFIX.size + len(head) + len(_fields_json(fields).encode()) + len(tail) + payload, payload
 
 
 def encoded_nbytes(msg: Any, wire_dtype: str = "float32") -> int:

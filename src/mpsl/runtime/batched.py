@@ -85,7 +85,8 @@ class _Block:
         first = list(modules[0].named_parameters())
         self.names = [n for n, _ in first]
         self.shapes = [p.shape for _, p in first]
-        self.offsets = list(itertools.accumulate((p.numel() for _, p in first), initial=0))
+        self.sizes = [p.numel() for _, p in first]
+        self.offsets = list(itertools.accumulate(self.sizes, initial=0))
         rows = []
         for k, module in enumerate(modules):
             params = list(module.named_parameters())
@@ -111,8 +112,11 @@ class _Block:
     def params(self, rows: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """The parameters of clients `rows` (all of them when None), each stacked: name -> [n, *shape]."""
         flat = self.flat if rows is None else self.flat.index_select(0, rows)  # [n, P]
-        return {name: flat[:, start:start + shape.numel()].view(len(flat), *shape)  # [n, P_j] -> [n, *shape]
-                for name, start, shape in zip(self.names, self.offsets, self.shapes, strict=False)}
+        # split, not slices: its backward is one concatenation into [n, P] rather than a zero-filled [n, P] per
+        # parameter
+        pieces = flat.split(self.sizes, dim=1)  # [n, P_j] each
+        return {name: piece.view(len(flat), *shape)  # [n, P_j] -> [n, *shape]
+                for name, piece, shape in zip(self.names, pieces, self.shapes, strict=True)}
 
 
 @dataclass
@@ -332,7 +336,10 @@ class BatchedClients:
             b.steps[mask] += 1
             rows = mask.nonzero()[:, 0]  # [n] clients that trained this block
             keys = torch.stack([b.steps[rows], self.lr[rows]], dim=1)  # [n, 2]
-            classes, which = torch.unique(keys, dim=0, return_inverse=True)  # [c, 2], [n]
+            if bool((keys == keys[0]).all()):  # the usual step: one step count and one rate
+                classes, which = keys[:1], torch.zeros(len(rows), dtype=torch.long)  # [1, 2], [n]
+            else:
+                classes, which = torch.unique(keys, dim=0, return_inverse=True)  # [c, 2], [n]
             for j, (step, lr) in enumerate(classes.tolist()):
                 members = rows[which == j]  # [n_j]
                 if len(members) == len(self.clients):
