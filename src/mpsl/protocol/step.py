@@ -97,9 +97,9 @@ def mpsl_step(server: SplitServer, clients: ClientGroup | Sequence[ClientHandle]
             raise ProtocolError(f"client {ids[k]}: gradient shape {tuple(replies[k].grad.shape)}, "
                                 f"features were {tuple(down[k].features.shape)}")
     remaining = sum(sizes[k] for k in kept)
-    rescale = total / remaining  # b_k / B -> b_k / B' for the clients that answered
-    grads = [replies[k].grad * rescale if isinstance(replies[k], FeatureGrad) else torch.zeros_like(down[k].features)
-             for k in range(len(ids))]
+    rescale = total / remaining  # b_k / B -> b_k / B' for the clients that answered (1 when none dropped out)
+    grads = [(replies[k].grad if rescale == 1 else replies[k].grad * rescale) if isinstance(replies[k], FeatureGrad)
+             else torch.zeros_like(down[k].features) for k in range(len(ids))]
     # each reply already carries its weight, so the concatenation is dL/d outputs of each forward
     server.backward_and_step([outputs for _, _, outputs in forwards],
                              [torch.cat([grads[k] for k in members]) for members, _, _ in forwards],  # [B_g, ...]

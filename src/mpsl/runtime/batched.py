@@ -274,11 +274,13 @@ class BatchedClients:
                 outputs.append(tokens)
                 upstream.append(grad)
         torch.autograd.backward(outputs, upstream)
-        active = {name: torch.zeros(len(self.clients), dtype=torch.bool) for name in self.blocks}  # [N] each
+        trained: dict[str, list[int]] = {"head": list(taking)}  # block -> the clients that trained it
         for k in taking:
-            active["head"][k] = True
             for m in open_step.group_of[k].tokens:
-                active[f"tokenizers.{m}"][k] = True
+                trained.setdefault(f"tokenizers.{m}", []).append(k)
+        active = {name: torch.zeros(len(self.clients), dtype=torch.bool) for name in self.blocks}  # [N] each
+        for name, ks in trained.items():
+            active[name][ks] = True
         self._adam(active)
         for k in taking:
             self.clients[k].samples_seen += open_step.group_of[k].size
