@@ -101,3 +101,25 @@ def test_a_counted_hand_over_refuses_what_decode_refuses(value: float) -> None:
         Codec().decode(Codec().encode(bad))
     with pytest.raises(ProtocolError, match="NaN or infinite"):
         wire_copy(bad)
+
+
+def test_an_in_process_handle_that_really_encodes_counts_and_delivers_the_same() -> None:
+    # Prepare: the same client twice, one handle counting from shapes (default), one encoding every message
+    from mpsl.data import load_dataset
+    from mpsl.experiment.methods.split_learning import Mpsl
+    from mpsl.protocol import mpsl_step
+    from mpsl.runtime import InProcessHandle
+    from tests.helpers import tiny_config
+
+    cfg = tiny_config("runtime.clients=loop", "partition.kind=iid")
+    counted, encoded = Mpsl(cfg, load_dataset(cfg.data)), Mpsl(cfg, load_dataset(cfg.data))
+    encoded.handles = [InProcessHandle(c, encode=True) for c in encoded.clients]
+    # Execute
+    for sim in (counted, encoded):
+        for h in sim.handles:
+            h.start_epoch(0)
+    results = [[mpsl_step(sim.server, sim.handles, s) for s in range(3)] for sim in (counted, encoded)]
+    # Assert: the same steps and, message for message, the same bytes
+    assert [r.loss for r in results[0]] == [r.loss for r in results[1]]
+    assert [h.traffic for h in counted.handles] == [h.traffic for h in encoded.handles]
+    assert all(h.encode for h in encoded.handles) and not any(h.encode for h in counted.handles)
