@@ -150,6 +150,10 @@ class RuntimeConfig:
     device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N | mps
     compile: bool = False  # torch.compile the encoder (server side, and the whole model for FL/centralized)
     prefetch: int = 2  # mini-batches each party reads ahead on a background thread (0: read when needed)
+    # simulation only. batched: all clients of a step as one stacked computation (vmap over stacked parameters,
+    # one multi-tensor Adam), bytes counted from shapes; loop: one SplitClient after another through per-client
+    # handles. A client model batched clients cannot run exactly (e.g. a frozen CLIP text tower) runs the loop.
+    clients: Literal["batched", "loop"] = "batched"
 
 
 @dataclass(frozen=True)

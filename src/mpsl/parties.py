@@ -52,10 +52,12 @@ def step_lr(opt: torch.optim.Optimizer | None, cfg: Config) -> torch.optim.lr_sc
     return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.train.lr_step, gamma=cfg.train.lr_gamma)
 
 
-def split_client(cfg: Config, k: int, shard: SplitData, batch: int, template: ClientModel, task: Task) -> SplitClient:
-    """Client k as every runtime builds it: a copy of the template, its own Adam, its own data order."""
+def split_client(cfg: Config, k: int, shard: SplitData, batch: int, template: ClientModel, task: Task,
+                 optimizer: bool = True) -> SplitClient:
+    """Client k as every runtime builds it: a copy of the template on the configured device, its own Adam, its
+    own data order (without the Adam when batched clients step every client's parameters at once)."""
     model = copy.deepcopy(template).to(resolve_device(cfg.runtime.device))
-    opt = adam([(model.parameters(), cfg.train.client_lr)], cfg.train.weight_decay)
+    opt = adam([(model.parameters(), cfg.train.client_lr)], cfg.train.weight_decay) if optimizer else None
     return SplitClient(k, model, shard, task, batch, opt, step_lr(opt, cfg), client_seed(cfg, k), cfg.runtime.prefetch)
 
 

@@ -120,7 +120,8 @@ def test_clients_per_round_trains_only_the_drawn_clients() -> None:
 
 
 def test_splitfed_with_one_client_equals_vanilla_split_learning() -> None:
-    cfg = tiny_config("num_clients=1", "train.server_lr=1e-3", "train.client_lr=1e-3")
+    # bit for bit: both run their client as a SplitClient (batched clients agree to float rounding, test_batched)
+    cfg = tiny_config("num_clients=1", "train.server_lr=1e-3", "train.client_lr=1e-3", "runtime.clients=loop")
     data = load_dataset(cfg.data)
     splitfed, vanilla = SplitFed(cfg, data), Mpsl(cfg, data)
 

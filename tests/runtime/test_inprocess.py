@@ -11,7 +11,7 @@ from tests.helpers import tiny_config
 
 
 def _one_epoch(head: str):
-    cfg = tiny_config(f"model.head={head}", "partition.kind=iid")
+    cfg = tiny_config(f"model.head={head}", "partition.kind=iid", "runtime.clients=loop")  # the per-client handles
     data = load_dataset(cfg.data)
     sim = Mpsl(cfg, data)
     for h in sim.handles:
@@ -52,7 +52,7 @@ def test_server_head_sends_logits_down_and_their_gradient_up() -> None:
 
 
 def test_decoded_messages_share_no_memory_or_graph_with_the_sender() -> None:
-    cfg = tiny_config()
+    cfg = tiny_config("runtime.clients=loop")
     sim = Mpsl(cfg, load_dataset(cfg.data))
     handle, client = sim.handles[0], sim.clients[0]
 

@@ -39,7 +39,7 @@ from mpsl.runtime import Traffic
 EXPERIMENT_FILE = "experiment.json"  # the compared methods, in order, and the backbone-scaling table
 CONFIG_FILE = "config.yaml"  # the resolved config of the last command that wrote the folder: `mpsl run` it again
 # keys that do not change what a method computes: a saved result stays valid when only these differ
-_NOT_RESULT_KEYS = ("methods", "progress", "logging")
+_NOT_RESULT_KEYS = ("methods", "progress", "logging", "runtime")  # runtime: how, not what
 
 
 def _cost(method: Method) -> Cost:

@@ -114,10 +114,16 @@ class TextTokenizer(nn.Module):
         nn.init.trunc_normal_(self.pos, std=0.02)
         self.norm = norm
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def check_inputs(self, ids: torch.Tensor) -> None:
+        """Refuse ids outside the vocabulary with a message that names the fix (batched clients call this on all
+        clients' ids at once: inside vmap the check cannot read values)."""
         if ids.numel() and not ids.is_meta and int(ids.max()) >= self.words.num_embeddings:
             raise ModelError(f"text token id {int(ids.max())} is outside the encoder's vocabulary of "
                              f"{self.words.num_embeddings}: data.text_tokenizer must be the encoder's own tokenizer")
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if not torch._C._functorch.is_batchedtensor(ids):  # under vmap the caller has checked every client's ids
+            self.check_inputs(ids)
         tokens = self.words(ids) + self.pos[:, : ids.shape[1]]  # [b, L, D]
         return self.norm(tokens)
 

@@ -54,18 +54,26 @@ class SplitClient:
         self._ahead = None
         self.epoch = epoch
 
-    def embed(self, step: int) -> Tokens | None:
+    def next_batch(self) -> Batch | None:
+        """The next mini-batch of this epoch's order, None once the data is exhausted; also what a batched
+        simulation of many clients draws, so every client's batches are the same however it runs."""
         if self._cursor >= len(self.data):
             return None
-        batch = self._next_batch()
+        batch = self._read_ahead()
         self._cursor += len(batch)
+        return batch
+
+    def embed(self, step: int) -> Tokens | None:
+        batch = self.next_batch()
+        if batch is None:
+            return None
         self.model.train()
         tokens = self.model.embed(batch.inputs)  # m -> [b, T_m, D], graph kept until cut_grad
         self._pending = (step, tokens, batch.labels)
         self._loss_weight = None
         return Tokens(self.client_id, step, {m: t.detach() for m, t in tokens.items()})
 
-    def _next_batch(self) -> Batch:
+    def _read_ahead(self) -> Batch:
         """The batch at the cursor, on the model's device; the next ones are already being read."""
         device = module_device(self.model)
         if self._ahead is None:

@@ -10,6 +10,7 @@ uses the same encoding, so every runtime moves and counts exactly the same bytes
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import struct
@@ -31,6 +32,7 @@ _PREFIX = struct.Struct("<4sBI")
 DTYPES: Registry[torch.dtype] = Registry("wire dtype", config_keys=("deploy.wire_dtype",))
 for _name, _dtype in (("float32", torch.float32), ("float16", torch.float16), ("bfloat16", torch.bfloat16)):
     DTYPES.register(_name)(_dtype)
+_ELEMENT_SIZE = {name: torch.empty((), dtype=d).element_size() for name, d in DTYPES.items()}
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
@@ -50,29 +52,14 @@ class Codec:
         self.wire_dtype_name = wire_dtype
 
     def encode(self, msg: Any) -> bytes:
-        name = type(msg).__name__
-        if MESSAGE_TYPES.get(name) is not type(msg):
-            raise ProtocolError(f"{name} is not a protocol message")
-        fields: dict[str, Any] = {}
-        tensors: list[dict[str, Any]] = []
-        chunks: list[bytes] = []
-
-        def add(key: str, t: torch.Tensor) -> None:
-            wire = t.to(self.wire_dtype)
-            tensors.append({"name": key, "dtype": self.wire_dtype_name, "shape": list(wire.shape)})
-            chunks.append(_tensor_bytes(wire))
-
-        for f in dataclasses.fields(msg):
-            value = getattr(msg, f.name)
-            if isinstance(value, torch.Tensor):
-                add(f.name, value)
-            elif isinstance(value, dict):
-                for m, t in value.items():
-                    add(f"{f.name}.{m}", t)
-            else:
-                fields[f.name] = value
-        header = json.dumps({"type": name, "fields": fields, "tensors": tensors}, separators=(",", ":")).encode()
+        name, fields, layout, tensors = _describe(msg)
+        header = _header(name, fields, layout, self.wire_dtype_name).encode()
+        chunks = [_tensor_bytes(t.to(self.wire_dtype)) for t in tensors]
         return _PREFIX.pack(MAGIC, VERSION, len(header)) + header + b"".join(chunks)
+
+    def encoded_nbytes(self, msg: Any) -> int:
+        """len(self.encode(msg)), computed from the header and the tensors' shapes alone."""
+        return encoded_nbytes(msg, self.wire_dtype_name)
 
     def decode(self, frame: bytes, bounds: DecodeBounds | None = None) -> Any:
         """The message in `frame`, or ProtocolError: any input, however malformed, raises nothing else."""
@@ -95,6 +82,115 @@ class Codec:
             raise ProtocolError(f"{cls.__name__}: expected fields {sorted(names)}, got {_show(sorted(values))}")
         _check_scalars(cls, values)
         return cls(**values)
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"))  # the header's compact JSON; one encoder, not one per message
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+Layout = tuple[tuple[str, tuple[int, ...]], ...]  # (tensor name, shape) of each tensor, in frame order
+
+
+def _describe(msg: Any) -> tuple[str, dict[str, Any], Layout, list[torch.Tensor]]:
+    """A message's type name, scalar fields, tensor layout and tensors in frame order: the one reading of a
+    message that encode and the byte count share, so a count from shapes cannot drift from what is sent."""
+    cls = type(msg)
+    name = cls.__name__
+    if MESSAGE_TYPES.get(name) is not cls:
+        raise ProtocolError(f"{name} is not a protocol message")
+    names = _FIELD_NAMES.get(cls) or _FIELD_NAMES.setdefault(cls, tuple(f.name for f in dataclasses.fields(cls)))
+    fields: dict[str, Any] = {}
+    layout: list[tuple[str, tuple[int, ...]]] = []
+    tensors: list[torch.Tensor] = []
+    for field_name in names:
+        value = getattr(msg, field_name)
+        if isinstance(value, torch.Tensor):
+            layout.append((field_name, tuple(value.shape)))
+            tensors.append(value)
+        elif isinstance(value, dict):
+            for m, t in value.items():
+                layout.append((f"{field_name}.{m}", tuple(t.shape)))
+                tensors.append(t)
+        else:
+            fields[field_name] = value
+    return name, fields, tuple(layout), tensors
+
+
+def _header(name: str, fields: dict[str, Any], layout: Layout, wire_dtype: str) -> str:
+    """The compact JSON of {"type", "fields", "tensors"}: the fixed parts and the tensor entries (the same
+    few shapes every step) are serialized once and reused; only the scalar fields are written per message."""
+    head, tail, _ = _fixed_parts(name, layout, wire_dtype)
+    return head + _fields_json(fields) + tail
+
+
+def _fields_json(fields: dict[str, Any]) -> str:
+    """json.dumps(fields, separators=(",", ":")) for identifier keys: ints and finite floats as json writes
+    them (their repr), anything else through the encoder."""
+    return "{" + ",".join(f'"{key}":{_scalar_json(value)}' for key, value in fields.items()) + "}"
+
+
+def _scalar_json(value: Any) -> str:
+    if type(value) is int:
+        return int.__repr__(value)
+    if type(value) is float and math.isfinite(value):
+        return float.__repr__(value)
+    return _JSON.encode(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _fixed_parts(name: str, layout: Layout, wire_dtype: str) -> tuple[str, str, int]:
+    """The header before and after its scalar fields, and the tensors' total numel."""
+    entries = _JSON.encode([{"name": key, "dtype": wire_dtype, "shape": list(shape)} for key, shape in layout])
+    return (f'{{"type":{_JSON.encode(name)},"fields":', f',"tensors":{entries}}}',
+            sum(math.prod(shape) for _, shape in layout))
+
+
+def frame_nbytes(msg: Any, wire_dtype: str = "float32") -> tuple[int, int]:
+    """(len(Codec(wire_dtype).encode(msg)), its tensor payload), from the header and the shapes alone."""
+    if wire_dtype not in DTYPES:
+        raise ProtocolError(DTYPES.unknown(wire_dtype))
+    name, fields, layout, _ = _describe(msg)
+    head, tail, numel = _fixed_parts(name, layout, wire_dtype)
+    payload = numel * _ELEMENT_SIZE[wire_dtype]
+    return _PREFIX.size + len(head) + len(_fields_json(fields).encode()) + len(tail) + payload, payload
+
+
+def encoded_nbytes(msg: Any, wire_dtype: str = "float32") -> int:
+    """The exact length of Codec(wire_dtype).encode(msg) without encoding a tensor: prefix + header +
+    numel x element size of each tensor. What the in-process runtimes count instead of encoding."""
+    return frame_nbytes(msg, wire_dtype)[0]
+
+
+def wire_copy(msg: Any, wire_dtype: str = "float32") -> Any:
+    """The message as Codec(wire_dtype).decode(encode(msg)) returns it, without the bytes: every tensor a
+    fresh float32 copy through the wire dtype (no shared memory or graph with the sender), refused if it
+    holds NaN or infinite values as decode refuses it."""
+    dtype = DTYPES.get(wire_dtype)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(msg):
+        value = getattr(msg, f.name)
+        if isinstance(value, torch.Tensor):
+            values[f.name] = _wire_tensor(f.name, value, dtype)
+        elif isinstance(value, dict):
+            values[f.name] = {m: _wire_tensor(f"{f.name}.{m}", t, dtype) for m, t in value.items()}
+        else:
+            values[f.name] = value
+    return type(msg)(**values)
+
+
+def _wire_tensor(name: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    copy = t.detach().to(dtype, copy=True).to(torch.float32)  # what the receiver decodes: [same shape]
+    if not all_finite(copy):
+        raise ProtocolError(f"tensor {name}: contains NaN or infinite values")
+    return copy
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """torch.isfinite(t).all() in one pass without a boolean copy: NaN or an infinity reaches the extremes."""
+    if t.numel() == 0:
+        return True
+    low, high = torch.aminmax(t)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 def _check_scalars(cls: type, values: dict[str, Any]) -> None:
@@ -277,7 +373,7 @@ def element_bytes(wire_dtype: str = "float32") -> int:
     """Bytes of one tensor element on the wire: the one place a size per element is looked up."""
     if wire_dtype not in DTYPES:
         raise ProtocolError(DTYPES.unknown(wire_dtype))
-    return torch.empty((), dtype=DTYPES.get(wire_dtype)).element_size()
+    return _ELEMENT_SIZE[wire_dtype]
 
 
 def payload_nbytes(msg: Any, wire_dtype: str = "float32") -> int:

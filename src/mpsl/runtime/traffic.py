@@ -1,11 +1,13 @@
-"""Byte accounting shared by every runtime: a message is counted as the frame the codec produced."""
+"""Byte accounting shared by every runtime: a message is counted as the frame the codec produces for it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mpsl.protocol.serde import Codec, framing_nbytes
+from mpsl.protocol.serde import Codec, frame_nbytes, framing_nbytes, wire_copy
+
+Direction = Literal["up", "down"]
 
 
 @dataclass
@@ -18,14 +20,28 @@ class Traffic:
     payload_down: int = 0
     messages: int = 0
 
+    def add(self, frame: int, payload: int, direction: Direction) -> None:
+        if direction == "up":
+            self.up, self.payload_up = self.up + frame, self.payload_up + payload
+        else:
+            self.down, self.payload_down = self.down + frame, self.payload_down + payload
+        self.messages += 1
 
-def carry(codec: Codec, traffic: Traffic, msg: Any, direction: Literal["up", "down"]) -> Any:
+
+def carry(codec: Codec, traffic: Traffic, msg: Any, direction: Direction) -> Any:
     """Encode, count, decode: the receiver only ever sees what the wire carried."""
     frame = codec.encode(msg)
-    payload = len(frame) - framing_nbytes(frame)  # read off the frame, not recomputed from msg
-    if direction == "up":
-        traffic.up, traffic.payload_up = traffic.up + len(frame), traffic.payload_up + payload
-    else:
-        traffic.down, traffic.payload_down = traffic.down + len(frame), traffic.payload_down + payload
-    traffic.messages += 1
+    traffic.add(len(frame), len(frame) - framing_nbytes(frame), direction)  # read off the frame, not recomputed
     return codec.decode(frame)
+
+
+def count(traffic: Traffic, msg: Any, direction: Direction, wire_dtype: str = "float32") -> None:
+    """Count the frame the codec would produce for `msg`, from shapes alone (serde.encoded_nbytes)."""
+    traffic.add(*frame_nbytes(msg, wire_dtype), direction)
+
+
+def relay(codec: Codec, traffic: Traffic, msg: Any, direction: Direction) -> Any:
+    """What `carry` does without the bytes: count the frame from shapes, hand over the values the wire would
+    deliver (fresh copies through the wire dtype, checked as decode checks them)."""
+    count(traffic, msg, direction, codec.wire_dtype_name)
+    return wire_copy(msg, codec.wire_dtype_name)

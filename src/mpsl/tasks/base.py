@@ -21,6 +21,10 @@ class Task(Protocol):
         """Training hits in one mini-batch (classification: right labels; retrieval: top-1 matches)."""
         ...
 
+    def hits(self, predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """`correct` as a 0-d tensor, with no Python control flow on values: batched clients vmap it."""
+        ...
+
     def scores(self, predictions: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """Test metrics over the whole test set's predictions, all in [0, 1]."""
         ...

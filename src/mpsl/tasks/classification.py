@@ -17,7 +17,10 @@ class ClassificationTask:
         return F.cross_entropy(predictions, labels)  # [b, C], [b] -> []
 
     def correct(self, predictions: torch.Tensor, labels: torch.Tensor) -> int:
-        return int((predictions.argmax(dim=1) == labels).sum())
+        return int(self.hits(predictions, labels))
+
+    def hits(self, predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return (predictions.argmax(dim=1) == labels).sum()  # [b, C], [b] -> []
 
     def scores(self, predictions: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         return {"accuracy": self.correct(predictions, labels) / max(len(labels), 1)}

@@ -75,9 +75,13 @@ class RetrievalTask:
 
     def correct(self, predictions: torch.Tensor, labels: torch.Tensor) -> int:
         """Images whose best-scoring caption in the mini-batch is one of their own."""
+        return int(self.hits(predictions, labels))
+
+    def hits(self, predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         images, captions = split_embeddings(predictions)
         sim = images @ captions.reshape(-1, captions.shape[-1]).T  # [b, b*K]
-        return int((sim.argmax(dim=1) // captions.shape[1] == torch.arange(len(images))).sum())
+        own = torch.arange(len(images), device=predictions.device)  # [b]: image i's captions are i*K .. i*K+K-1
+        return (sim.argmax(dim=1) // captions.shape[1] == own).sum()  # []
 
     def scores(self, predictions: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         return recall_at(predictions)

@@ -21,14 +21,15 @@ from mpsl.experiment.methods.base import (
 )
 from mpsl.models import ClientModel, WholeModel
 from mpsl.parties import client_shards, split_client, split_server
-from mpsl.protocol import Codec, SplitClient, Weights, mpsl_step
+from mpsl.protocol import ClientGroup, Codec, HandleGroup, SplitClient, Weights, mpsl_step
 from mpsl.runtime import InProcessHandle, Traffic, carry
+from mpsl.runtime.batched import BatchedClients, unsupported
 
 
-def _clients(method: Method) -> list[SplitClient]:
+def _clients(method: Method, optimizers: bool = True) -> list[SplitClient]:
     shards = client_shards(method.cfg, method.dataset)
     batches = client_batch_sizes(method.cfg, [len(s) for s in shards])
-    return [split_client(method.cfg, k, shard, batch, method.client_template, method.task)
+    return [split_client(method.cfg, k, shard, batch, method.client_template, method.task, optimizers)
             for k, (shard, batch) in enumerate(zip(shards, batches, strict=True))]
 
 
@@ -40,25 +41,32 @@ class Mpsl(Method):
 
     def __init__(self, cfg: Config, dataset: Dataset) -> None:
         super().__init__(cfg, dataset)
-        self.clients = _clients(self)
+        # runtime.clients: batched unless the client model needs the loop to keep the math (the reason is printed)
+        self.fallback = None if cfg.runtime.clients == "loop" else unsupported(self.client_template, self.task)
+        if self.fallback is not None:
+            print(f"mpsl: runtime.clients=batched cannot run this client model exactly, so clients run one after "
+                  f"another: {self.fallback}", flush=True)
+        self.batched = cfg.runtime.clients == "batched" and self.fallback is None
+        self.clients = _clients(self, optimizers=not self.batched)
         self.server = split_server(copy.deepcopy(self.server_template), cfg)  # the templates stay on the host
-        self.handles = [InProcessHandle(c) for c in self.clients]
+        self.handles = [] if self.batched else [InProcessHandle(c) for c in self.clients]
+        self.group: ClientGroup = (
+            BatchedClients(self.clients, self.task, cfg.train.client_lr, cfg.train.weight_decay, cfg.train.lr_step,
+                           cfg.train.lr_gamma) if self.batched else HandleGroup(self.handles))
         self.step = 0
 
     def train_round(self, epoch: int, progress: bool) -> RoundStats:
-        for h in self.handles:
-            h.start_epoch(epoch)
+        self.group.start_epoch(epoch)
         stats = RoundStats()
         steps = max(-(-len(c.data) // c.batch_size) for c in self.clients)
         with progress_bar(f"mpsl epoch {epoch + 1}", steps, progress) as bar:
-            while (result := mpsl_step(self.server, self.handles, self.step)) is not None:
+            while (result := mpsl_step(self.server, self.group, self.step)) is not None:
                 stats.add(result.loss, result.correct, result.count)  # normalized by samples actually seen
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats.loss:.3f}", clients=len(result.client_ids))
         self.server.end_epoch()
-        for h in self.handles:
-            h.end_epoch()
+        self.group.end_epoch()
         return stats
 
     def global_model(self) -> WholeModel:
@@ -71,7 +79,7 @@ class Mpsl(Method):
         return [c.model for c in self.clients] if len(self.clients) > 1 else []
 
     def traffic(self) -> list[Traffic]:
-        return [h.traffic for h in self.handles]
+        return self.group.traffic if isinstance(self.group, BatchedClients) else [h.traffic for h in self.handles]
 
 
 @register
