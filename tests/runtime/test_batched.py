@@ -302,11 +302,11 @@ def test_a_results_file_from_batched_clients_matches_the_loops(tmp_path) -> None
     want = run_method(cfg.replace(**{"runtime.clients": "loop"}), data, "mpsl", tmp_path / "loop")
     got = run_method(cfg.replace(**{"runtime.clients": "batched"}), data, "mpsl", tmp_path / "batched")
     # Assert: training curve and test accuracy to float noise, downlink and payload bytes exactly
-    for g, w in zip(got["history"], want["history"], strict=True):
-        assert g["train_loss"] == pytest.approx(w["train_loss"], abs=ATOL)
-        assert g["test_accuracy"] == pytest.approx(w["test_accuracy"], abs=1 / len(data.test))
+    for g, w in zip(got.history, want.history, strict=True):
+        assert g.train_loss == pytest.approx(w.train_loss, abs=ATOL)
+        assert g.test["test_accuracy"] == pytest.approx(w.test["test_accuracy"], abs=1 / len(data.test))
     for key in ("bytes_down_per_client", "payload_bytes_up_per_client", "payload_bytes_down_per_client",
                 "messages_per_client"):
-        assert got["comm"][key] == want["comm"][key], key
-    digits = got["comm"]["messages_per_client"] / 4  # a loss printed one digit longer or shorter per FeatureGrad
-    assert got["comm"]["bytes_up_per_client"] == pytest.approx(want["comm"]["bytes_up_per_client"], abs=digits)
+        assert getattr(got.comm, key) == getattr(want.comm, key), key
+    digits = got.comm.messages_per_client / 4  # a loss printed one digit longer or shorter per FeatureGrad
+    assert got.comm.bytes_up_per_client == pytest.approx(want.comm.bytes_up_per_client, abs=digits)
