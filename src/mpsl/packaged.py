@@ -4,6 +4,7 @@ disk, never downloaded."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from mpsl.errors import ModelError
@@ -32,14 +33,23 @@ def local_model(path_or_id: str, key: str) -> Path:
         return path
     if path_or_id.startswith(("/", ".", "~")) or path_or_id.count("/") > 1:
         raise ModelError(f"{key}: {path_or_id} does not exist")
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(path_or_id, local_files_only=True))
-    except HFValidationError:
-        raise ModelError(f"{key}: {path_or_id} does not exist") from None
-    except LocalEntryNotFoundError:
+    cache = hf_cache_dir()
+    repo = cache / f"models--{path_or_id.replace('/', '--')}"
+    ref = repo / "refs" / "main"
+    snapshot = repo / "snapshots" / ref.read_text().strip() if ref.is_file() else None
+    if snapshot is None or not snapshot.is_dir():
         raise ModelError(f"{key}: {path_or_id} is neither a local path nor a model in the local Hugging Face cache "
-                         f"({constants.HF_HUB_CACHE}); mpsl never downloads: give the model's local directory, or "
-                         f"fetch it into that cache first (`hf download {path_or_id}`)") from None
+                         f"({cache}); mpsl never downloads: give the model's local directory, or put it into "
+                         "that cache first")
+    return snapshot
+
+
+def hf_cache_dir() -> Path:
+    """Where Hugging Face tools keep models on this machine: $HF_HUB_CACHE, else $HF_HOME/hub, else
+    $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub (read only, never written)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "huggingface" / "hub"
