@@ -85,7 +85,7 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | 
 
 def compile_module(module: nn.Module, enabled: bool) -> nn.Module:
     """torch.compile in place (parameter names and checkpoints stay the same). Compilation happens on the
-    first forward; the run loop turns a failure there into `explain_compile_failure`'s one-line error."""
+    first forward; the run loop turns a failure there into `compile_failure`'s one-line error."""
     if enabled:
         module.compile()
     return module
@@ -99,10 +99,6 @@ def compile_failure(exc: BaseException) -> ConfigError | None:
         return None
     if not isinstance(exc, TorchDynamoException):
         return None
-    return explain_compile_failure(exc)
-
-
-def explain_compile_failure(exc: BaseException) -> ConfigError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ConfigError(f"runtime.compile: torch.compile could not compile the encoder ({type(exc).__name__}: "
                        f"{first}); run with runtime.compile=false")
