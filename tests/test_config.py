@@ -114,6 +114,10 @@ def test_yaml_file_then_overrides(tmp_path: Path) -> None:
         (["eval.personalized=maybe"], "eval.personalized"),
         (["train=3"], "train"),
         (["nonsense"], "key=value"),
+        (["guard.max_token_abs=0"], "guard.max_token_abs"),
+        (["guard.max_grad_abs=-1"], "guard.max_grad_abs"),
+        (["guard.clip_to_median=0.5"], "guard.clip_to_median"),
+        (["deploy.keep_checkpoints=1"], "deploy.keep_checkpoints"),
     ],
 )
 def test_bad_values_name_the_key(overrides: list[str], names: str) -> None:

@@ -169,6 +169,7 @@ class DeployConfig:
     chunk_mb: float = 1.0  # encoded messages travel in gRPC messages of at most this size
     checkpoint_every: int = 50  # steps between checkpoints (server and clients, coordinated)
     checkpoint_dir: str | None = None  # None: runs/<name>/server or runs/<name>/client-<id>
+    keep_checkpoints: int = 3  # newest checkpoints each party keeps (2+: an epoch's end has two of one step)
     # what one peer may cost the server (README: Security); every refusal names the key it hit
     join_timeout: float = 10.0  # seconds a new stream has to send its Join; then it is closed
     max_streams: int | None = None  # open client streams, joined or not; None: 2 x num_clients
@@ -180,6 +181,18 @@ class DeployConfig:
     quarantine_after: int = 2
     quarantine_s: float = 10.0
     quarantine_max_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """What the server lets into a step from one client, in every runtime (README: Security). A client out of
+    bounds is left out of the step before anything is updated; over gRPC its stream is closed."""
+
+    max_token_abs: float | None = None  # |cut-layer token values|; None: sqrt(float32 max / width) / 1000
+    max_grad_abs: float = 1e4  # |feature-gradient values|
+    # robust aggregation (off: null): clip each client's gradient of its own loss to this multiple of the
+    # step's median norm. Exact while no client is clipped; a clipped client's update is scaled down
+    clip_to_median: float | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +223,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def replace(self, **overrides: Any) -> Config:
@@ -442,6 +456,14 @@ def validate(cfg: Config) -> None:
              "must be at least 1")
     _require(0.01 <= dep.chunk_mb <= 64, "deploy.chunk_mb", f"must be in [0.01, 64], got {dep.chunk_mb}")
     _require(dep.checkpoint_every >= 1, "deploy.checkpoint_every", "must be at least 1")
+    _require(dep.keep_checkpoints >= 2, "deploy.keep_checkpoints",
+             f"must be at least 2 (an epoch's end saves a second checkpoint of its last step), "
+             f"got {dep.keep_checkpoints}")
+    g = cfg.guard
+    _require(g.max_token_abs is None or g.max_token_abs > 0, "guard.max_token_abs", "must be positive (or null)")
+    _require(g.max_grad_abs > 0, "guard.max_grad_abs", f"must be positive, got {g.max_grad_abs}")
+    _require(g.clip_to_median is None or g.clip_to_median >= 1, "guard.clip_to_median",
+             f"must be at least 1 (a multiple of the median norm) or null, got {g.clip_to_median}")
     _require(dep.join_timeout > 0, "deploy.join_timeout", "must be positive seconds")
     _require(dep.max_streams is None or dep.max_streams >= cfg.num_clients, "deploy.max_streams",
              f"must be at least num_clients={cfg.num_clients} (or null), got {dep.max_streams}")

@@ -17,6 +17,7 @@ from mpsl.data.partition import modality_holdings
 from mpsl.devices import compile_module, resolve_device
 from mpsl.models import ClientModel, ServerModel
 from mpsl.protocol import SplitClient, SplitServer
+from mpsl.protocol.guard import Guard, derived_token_bound
 from mpsl.tasks import Task
 
 ParamGroup = tuple[Iterable[torch.nn.Parameter], float]  # parameters and their learning rate
@@ -66,4 +67,11 @@ def split_server(model: ServerModel, cfg: Config) -> SplitServer:
     model = model.to(resolve_device(cfg.runtime.device))
     compile_module(model.encoder, cfg.runtime.compile)
     opt = adam([(model.parameters(), cfg.train.server_lr)], cfg.train.weight_decay)
-    return SplitServer(model, opt, step_lr(opt, cfg), cfg.model.precision)
+    return SplitServer(model, opt, step_lr(opt, cfg), cfg.model.precision, guard(cfg, model.encoder.width))
+
+
+def guard(cfg: Config, width: int) -> Guard:
+    """The server's bounds on what one client may put into a step (config `guard`)."""
+    g = cfg.guard
+    return Guard(g.max_token_abs if g.max_token_abs is not None else derived_token_bound(width), g.max_grad_abs,
+                 g.clip_to_median)

@@ -28,9 +28,9 @@ IMAGE, AUDIO, WIDTH = 5, 7, 32
 SECOND = 1.0  # every refusal arrives within this
 
 
-def _tokens(step: int, batch: int = 4, client_id: int = 0) -> Tokens:
-    return Tokens(client_id, step, {"image": torch.zeros(batch, IMAGE, WIDTH),
-                                    "audio": torch.zeros(batch, AUDIO, WIDTH)})
+def _tokens(step: int, batch: int = 4, client_id: int = 0, value: float = 0.0) -> Tokens:
+    return Tokens(client_id, step, {"image": torch.full((batch, IMAGE, WIDTH), value),
+                                    "audio": torch.full((batch, AUDIO, WIDTH), value)})
 
 
 def _header(header: bytes, payload: bytes = b"") -> bytes:
@@ -50,8 +50,10 @@ def _frames(data: bytes, size: int) -> list[pb.ClientMessage]:
     return [pb.ClientMessage(frame=pb.Chunk(data=d, last=last)) for d, last in chunks(data, size)]
 
 
-def _grad(step: int, count: int = 4, correct: int = 1, batch: int = 4, at: int | None = None) -> bytes:
-    return Codec().encode(FeatureGrad(step if at is None else at, torch.zeros(batch, 2, WIDTH), 0.5, correct, count))
+def _grad(step: int, count: int = 4, correct: int = 1, batch: int = 4, at: int | None = None,
+          value: float = 0.0) -> bytes:
+    return Codec().encode(FeatureGrad(step if at is None else at, torch.full((batch, 2, WIDTH), value), 0.5, correct,
+                                      count))
 
 
 BIG = 1 << 20  # one chunk for every frame (the server's chunk size)
@@ -89,6 +91,8 @@ AT_TOKENS = {
                                        pb.ClientMessage(done=pb.Done())], "in the middle of a frame"),
     "gradient-instead-of-tokens": (lambda s: _frames(_grad(s), BIG), "a FeatureGrad message, expected tokens"),
     "not-a-mpsl-frame": (lambda s: _frames(b"GET / HTTP/1.1\r\n\r\n", BIG), "not an MPSL"),
+    "huge-finite-tokens": (lambda s, client=0: _frames(Codec().encode(_tokens(s, client_id=client, value=1e30)), BIG),
+                           "guard.max_token_abs"),
 }
 # what it sends back for the features of a step it took part in
 AT_GRADIENT = {
@@ -97,6 +101,7 @@ AT_GRADIENT = {
     "negative-count": (lambda s: _frames(_grad(s, count=-1, correct=-1), BIG), "metrics out of range"),
     "gradient-of-another-shape": (lambda s: _frames(_grad(s, batch=3, count=3), BIG), "feature gradient of shape"),
     "gradient-for-another-step": (lambda s: _frames(_grad(s, at=s + 5), BIG), "feature gradient for step"),
+    "huge-finite-gradient": (lambda s: _frames(_grad(s, value=1e30), BIG), "guard.max_grad_abs"),
     "tokens-instead-of-a-gradient": (lambda s: _frames(Codec().encode(_tokens(s)), BIG), "expected feature_grad"),
 }
 
@@ -224,12 +229,15 @@ def test_a_hostile_client_among_honest_ones_costs_them_no_wait_and_they_finish_t
     honest = HonestClients(cfg, live.port, [0, 1], tmp_path)
     try:
         # Execute
-        for make, expect in (AT_GRADIENT["count-far-above-the-batch"], AT_GRADIENT["gradient-of-another-shape"],
-                             AT_TOKENS["deep-nesting"]):
+        attempts = [(AT_GRADIENT, "count-far-above-the-batch"), (AT_GRADIENT, "gradient-of-another-shape"),
+                    (AT_GRADIENT, "huge-finite-gradient"), (AT_TOKENS, "deep-nesting"),
+                    (AT_TOKENS, "huge-finite-tokens")]
+        for table, kind in attempts:
+            make, expect = table[kind]
             rogue = RogueClient(live.port, client_id=2)
-            step = _take_part_until_features(rogue) if "gradient" in expect or "metrics" in expect \
-                else rogue.join_until_embed()
-            _assert_refused(live, rogue, make(step), grpc.StatusCode.INVALID_ARGUMENT, expect)
+            step = _take_part_until_features(rogue) if table is AT_GRADIENT else rogue.join_until_embed()
+            messages = make(step, client=2) if kind == "huge-finite-tokens" else make(step)
+            _assert_refused(live, rogue, messages, grpc.StatusCode.INVALID_ARGUMENT, expect)
         started = time.monotonic()
         honest.finish(timeout=120)
 
@@ -239,6 +247,10 @@ def test_a_hostile_client_among_honest_ones_costs_them_no_wait_and_they_finish_t
         assert sum(2 in e.dropped for e in steps) >= 2
         assert max(e.seconds for e in steps) < 5
         assert not any("DEADLINE_EXCEEDED" in str(e) for e in live.events) and time.monotonic() - started < 60
+        server = live.runtime.server
+        state = [*server.model.parameters(),
+                 *(t for st in server.optimizer.state.values() for t in st.values() if torch.is_tensor(t))]
+        assert all(torch.isfinite(t).all() for t in state)  # parameters and Adam's moments
     finally:
         live.close()
 

@@ -17,6 +17,7 @@ from mpsl.data import DatasetSpec
 from mpsl.errors import MpslError
 from mpsl.files import write_atomically
 from mpsl.models import ClientModel, example_inputs
+from mpsl.protocol.guard import Guard
 from mpsl.protocol.serde import element_bytes
 from mpsl.runtime.network.events import LOG_FORMATS, Event, emit
 from mpsl.runtime.network.service import Limits
@@ -57,11 +58,12 @@ def load_state(path: Path) -> dict[str, Any]:
         raise MpslError(f"checkpoint {path} cannot be read: {str(exc).splitlines()[0]}") from None
 
 
-def expected_shapes(client: ClientModel, spec: DatasetSpec, max_batch: int) -> Expected:
-    """Token counts per modality from one meta-device pass of the client template (no compute, no memory)."""
+def expected_shapes(client: ClientModel, spec: DatasetSpec, max_batch: int, guard: Guard | None = None) -> Expected:
+    """Token counts per modality from one meta-device pass of the client template (no compute, no memory);
+    the server passes its step guard, so values out of its bounds are refused as they arrive."""
     tokens = copy.deepcopy(client).to("meta").embed(example_inputs(spec))  # m -> [1, T_m, D]
     width = next(iter(tokens.values())).shape[2]
-    return Expected({m: t.shape[1] for m, t in tokens.items()}, width, max_batch)
+    return Expected({m: t.shape[1] for m, t in tokens.items()}, width, max_batch, guard)
 
 
 def limits(cfg: Config, expected: Expected) -> Limits:

@@ -45,6 +45,7 @@ from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
 from mpsl.runtime.network.address import with_default_port, with_port
 from mpsl.runtime.network.events import (
     Checkpoint,
+    Contained,
     Dropped,
     EpochEnd,
     Finished,
@@ -52,6 +53,7 @@ from mpsl.runtime.network.events import (
     Listening,
     NoStep,
     Resumed,
+    Skipped,
     Step,
     Waiting,
 )
@@ -133,6 +135,13 @@ class TrainingLoop:
             result = mpsl_step(self.server, active, self.step, fan_out)
             if result is None:
                 continue
+            for h in active:
+                if (reason := result.contained.get(h.client_id)) is not None:
+                    report(Contained(h.client_id, self.step, reason))
+                    h.refuse(reason)
+            if result.skipped is not None:
+                report(Skipped(self.step, result.skipped))
+                continue
             if not result.stepped:
                 report(NoStep(self.step, tuple(result.dropped)))
                 continue
@@ -179,7 +188,7 @@ class ServerApp:
             torch.set_rng_state(state["rng"])
             report(Resumed(int(state["step"]), int(state["epoch"]) + 1))
         max_batch = cfg.deploy.max_client_batch or cfg.train.batch_size
-        self.expected = expected_shapes(client_template, dataset.spec, max_batch)
+        self.expected = expected_shapes(client_template, dataset.spec, max_batch, self.server.guard)
         self.limits = limits(cfg, self.expected)
         self.cfg, self.listen, self.state, self.tls = cfg, with_default_port(listen), state, tls
         if client_ca and not tls:

@@ -68,6 +68,7 @@ class SplitClient:
         if batch is None:
             return None
         self.model.train()
+        self.model.zero_grad(set_to_none=True)  # a step that ended without a cut gradient (skipped) leaves nothing
         tokens = self.model.embed(batch.inputs)  # m -> [b, T_m, D], graph kept until cut_grad
         self._pending = (step, tokens, batch.labels)
         self._loss_weight = None

@@ -9,6 +9,7 @@ import torch
 
 from mpsl.devices import autocast, grad_scaler, module_device, to_device
 from mpsl.models.split import ServerModel
+from mpsl.protocol.guard import DEFAULT_MAX_GRAD_ABS, Guard, derived_token_bound, finite_tensors
 from mpsl.protocol.state import load_training_state, training_state
 
 
@@ -22,6 +23,7 @@ class SplitServer:
         optimizer: torch.optim.Optimizer | None,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
         precision: str = "fp32",
+        guard: Guard | None = None,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -29,6 +31,8 @@ class SplitServer:
         self.precision = precision
         self.device = module_device(model)
         self.scaler = grad_scaler(self.device, precision) if optimizer is not None else None
+        self.guard = guard or Guard(derived_token_bound(model.encoder.width), DEFAULT_MAX_GRAD_ABS)
+        self.skip_reason: str | None = None  # why the last backward_and_step took no update
 
     def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         """Tokens arrive wherever the runtime put them and are computed on the server's device."""
@@ -37,35 +41,40 @@ class SplitServer:
             return self.model(to_device(tokens, self.device)).float()  # [B, M, D] or [B, C]
 
     def backward_and_step(self, outputs: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
-                          inputs: Sequence[torch.Tensor] = ()) -> None:
-        """One backward through the encoder for the whole concatenated batch, one optimizer step.
+                          inputs: Sequence[torch.Tensor] = ()) -> bool:
+        """One backward through the encoder for the whole concatenated batch, one optimizer step; False when
+        the server skipped its update (see `skip_reason`).
 
         `outputs` are the step's forwards (one per group of clients holding the same modalities) and
         `grads` their upstream gradients; they add up before the single step. With a gradient scaler the
-        input gradients (`inputs`, the clients' cut-layer tokens) are unscaled here; on an overflow
-        (in the encoder's or the inputs' gradients) the server skips its update and the inputs'
-        gradients are zeroed, so no client steps on it either.
+        input gradients (`inputs`, the clients' cut-layer tokens) are unscaled here. If any gradient (the
+        encoder's or the inputs') is not finite, after an fp16 overflow or from input no check caught, the
+        server skips its update, so parameters and optimizer state stay as they were, and the inputs'
+        gradients are zeroed.
         """
         grads = [g.to(o.device, non_blocking=True) for o, g in zip(outputs, grads, strict=True)]
-        if self.scaler is None:
-            torch.autograd.backward(outputs, grads)
-            if self.optimizer is not None:
-                self.optimizer.step()
-        else:
-            torch.autograd.backward(outputs, [self.scaler.scale(g) for g in grads])
-            scale = self.scaler.get_scale()
-            params = [g for g in (*(p.grad for p in self.model.parameters()), *(t.grad for t in inputs))
-                      if g is not None]
-            if all(torch.isfinite(g).all() for g in params):
-                for t in inputs:
-                    t.grad.div_(scale)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:  # overflow: nobody steps, the scale backs off
-                for t in inputs:
+        scale = self.scaler.get_scale() if self.scaler is not None else None
+        torch.autograd.backward(outputs, grads if scale is None else [self.scaler.scale(g) for g in grads])
+        computed = [g for g in (*(p.grad for p in self.model.parameters()), *(t.grad for t in inputs))
+                    if g is not None]
+        finite = finite_tensors(computed)
+        self.skip_reason = None if finite else (
+            "fp16 gradient overflow (the scale backs off)" if scale is not None else "non-finite encoder gradients")
+        if finite and scale is not None:
+            for t in inputs:
+                t.grad.div_(scale)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif finite and self.optimizer is not None:
+            self.optimizer.step()
+        elif not finite:
+            for t in inputs:
+                if t.grad is not None:
                     t.grad.zero_()
+            if scale is not None:
                 self.scaler.update(scale * self.scaler.get_backoff_factor())
         self.model.zero_grad(set_to_none=True)
+        return finite
 
     def end_epoch(self) -> None:
         if self.scheduler is not None:

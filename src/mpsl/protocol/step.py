@@ -11,6 +11,10 @@ gradients summed before the one server step.
 A client that becomes unavailable after sending its tokens is dropped from the step: its rows get
 no gradient and the others' shares are renormalized to b_k / B' over the B' samples that remain,
 so the update is exactly the step the remaining clients would have taken alone.
+
+The server's guard (mpsl.protocol.guard) leaves a client out the same way when its tokens or its
+gradient are out of bounds or its rows of the encoder's output are not finite; if the encoder's own
+gradients are still not finite, the server skips its update and no client steps.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from mpsl.errors import ClientUnavailable, ProtocolError
 from mpsl.protocol.group import ClientGroup, MapFn, as_group
 from mpsl.protocol.handle import ClientHandle
 from mpsl.protocol.messages import CutGrad, FeatureGrad, Features, Tokens, fits_modalities
+from mpsl.protocol.serde import all_finite
 from mpsl.protocol.server import SplitServer
 
 
@@ -35,6 +40,8 @@ class StepResult:
     correct: int
     count: int
     dropped: list[int] = field(default_factory=list)  # unavailable at some point of the step
+    contained: dict[int, str] = field(default_factory=dict)  # client -> why the server's guard left it out
+    skipped: str | None = None  # why the server took no update (non-finite gradients, an fp16 overflow)
 
     @property
     def stepped(self) -> bool:
@@ -63,47 +70,73 @@ def mpsl_step(server: SplitServer, clients: ClientGroup | Sequence[ClientHandle]
     """One global step over every client that offers a batch; None when no client offers one.
 
     `clients` is a ClientGroup, or a list of per-client handles (wrapped in a HandleGroup, whose `fan_out`
-    lets a network runtime talk to clients concurrently); the math does not change.
+    lets a network runtime talk to clients concurrently); the math does not change. A client the server's
+    guard refuses (tokens or gradient out of bounds, outputs that turn non-finite) is left out like a
+    client that dropped out, before anything is updated.
     """
     group = as_group(clients, fan_out)
+    guard = server.guard
     offers = group.embed(step)  # client id -> Tokens | None | ClientUnavailable, in the group's order
-    ids = [cid for cid, t in offers.items() if isinstance(t, Tokens)]  # arrival order
-    sent: list[Tokens] = [offers[cid] for cid in ids]  # type: ignore[misc]
     unavailable = [cid for cid, t in offers.items() if isinstance(t, ClientUnavailable)]
+    contained = {cid: reason for cid, t in offers.items()
+                 if isinstance(t, Tokens) and (reason := guard.check_tokens(t)) is not None}
+    ids = [cid for cid, t in offers.items() if isinstance(t, Tokens) and cid not in contained]  # arrival order
+    sent: list[Tokens] = [offers[cid] for cid in ids]  # type: ignore[misc]
     if not ids:
-        return None if not unavailable else StepResult([], [], 0.0, 0, 0, unavailable)
-    groups = _group_by_modalities(ids, sent, server.model.modalities)
+        return None if not (unavailable or contained) else StepResult([], [], 0.0, 0, 0, unavailable, contained)
     sizes = [msg.batch_size for msg in sent]
-    total = sum(sizes)
 
     # one forward per set of modalities held (a single one unless some clients lack a modality)
     forwards: list[tuple[list[int], dict[str, torch.Tensor], torch.Tensor]] = []
-    down: list[Features] = [None] * len(ids)  # type: ignore[list-item]
-    for members in groups:
-        tokens = {m: torch.cat([sent[k].tokens[m] for k in members]).requires_grad_(True)  # [B_g, T_m, D]
-                  for m in sent[members[0]].tokens}
-        outputs = server.forward(tokens)  # [B_g, R_g, D] or [B_g, C]
+    for members in _group_by_modalities(ids, sent, server.model.modalities):
+        while members:
+            tokens = {m: torch.cat([sent[k].tokens[m] for k in members]).requires_grad_(True)  # [B_g, T_m, D]
+                      for m in sent[members[0]].tokens}
+            outputs = server.forward(tokens)  # [B_g, R_g, D] or [B_g, C]
+            rows = outputs.detach().split([sizes[k] for k in members])  # [b_k, ...] per member
+            bad = [k for k, out in zip(members, rows, strict=True) if not all_finite(out)]
+            if not bad:
+                forwards.append((members, tokens, outputs))
+                break
+            for k in bad:  # rows are per sample, so the offending client is the one whose rows are non-finite
+                contained[ids[k]] = "its tokens made the encoder's outputs non-finite"
+            members = [k for k in members if k not in bad]  # forward again without them: 0 x inf is NaN
+    live = sorted(k for members, _, _ in forwards for k in members)  # arrival order
+    if not live:
+        return StepResult([], [], 0.0, 0, 0, unavailable, contained)
+    total = sum(sizes[k] for k in live)
+    down: dict[int, Features] = {}
+    for members, _, outputs in forwards:
         for k, out in zip(members, outputs.split([sizes[k] for k in members]), strict=True):  # [b_k, ...]
             down[k] = Features(step, out.detach(), sizes[k] / total)
-        forwards.append((members, tokens, outputs))
-    answers = group.features({cid: d for cid, d in zip(ids, down, strict=True)})
-    replies = [answers[cid] for cid in ids]
-    kept = [k for k, r in enumerate(replies) if isinstance(r, FeatureGrad)]
-    dropped = unavailable + [ids[k] for k, r in enumerate(replies) if not isinstance(r, FeatureGrad)]
+    answers = group.features({ids[k]: down[k] for k in live})
+    replies = {k: answers[ids[k]] for k in live}
+    for k, r in replies.items():
+        if isinstance(r, FeatureGrad):
+            if r.grad.shape != down[k].features.shape:
+                raise ProtocolError(f"client {ids[k]}: gradient shape {tuple(r.grad.shape)}, "
+                                    f"features were {tuple(down[k].features.shape)}")
+            if (reason := guard.check_grad(r)) is not None:
+                contained[ids[k]] = reason
+    kept = [k for k in live if isinstance(replies[k], FeatureGrad) and ids[k] not in contained]
+    dropped = unavailable + [ids[k] for k in live if not isinstance(replies[k], FeatureGrad)]
     if not kept:
-        return StepResult([], [], 0.0, 0, 0, dropped)
-    for k in kept:
-        if replies[k].grad.shape != down[k].features.shape:
-            raise ProtocolError(f"client {ids[k]}: gradient shape {tuple(replies[k].grad.shape)}, "
-                                f"features were {tuple(down[k].features.shape)}")
+        return StepResult([], [], 0.0, 0, 0, dropped, contained)
     remaining = sum(sizes[k] for k in kept)
     rescale = total / remaining  # b_k / B -> b_k / B' for the clients that answered (1 when none dropped out)
-    grads = [(replies[k].grad if rescale == 1 else replies[k].grad * rescale) if isinstance(replies[k], FeatureGrad)
-             else torch.zeros_like(down[k].features) for k in range(len(ids))]
+    grads = {k: replies[k].grad for k in kept}
+    if guard.clip_to_median is not None:
+        grads = {k: g.clone() for k, g in grads.items()}
+        guard.clip(grads, {k: down[k].loss_weight for k in kept})
+    grads = {k: g if rescale == 1 else g * rescale for k, g in grads.items()}
     # each reply already carries its weight, so the concatenation is dL/d outputs of each forward
-    server.backward_and_step([outputs for _, _, outputs in forwards],
-                             [torch.cat([grads[k] for k in members]) for members, _, _ in forwards],  # [B_g, ...]
-                             [t for _, tokens, _ in forwards for t in tokens.values()])
+    stepped = server.backward_and_step(
+        [outputs for _, _, outputs in forwards],
+        [torch.cat([grads.get(k, torch.zeros_like(down[k].features)) for k in members])  # [B_g, ...]
+         for members, _, _ in forwards],
+        [t for _, tokens, _ in forwards for t in tokens.values()])
+    if not stepped:  # nobody steps: no client receives a cut-layer gradient and each goes on to its next batch
+        return StepResult([], [], 0.0, 0, 0, dropped, contained, skipped=server.skip_reason)
 
     cut: dict[int, dict[str, torch.Tensor]] = {}  # client -> its slice of each modality's gradient [b_k, T_m, D]
     for members, tokens, _ in forwards:
@@ -119,4 +152,5 @@ def mpsl_step(server: SplitServer, clients: ClientGroup | Sequence[ClientHandle]
         correct=sum(replies[k].correct for k in kept),
         count=sum(replies[k].count for k in kept),
         dropped=dropped + late,
+        contained=contained,
     )

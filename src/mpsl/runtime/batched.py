@@ -184,6 +184,8 @@ class BatchedClients:
 
     def embed(self, step: int) -> dict[int, Offer]:
         self._open = None
+        for b in self.blocks.values():  # a step that ended without cut gradients (skipped, dropped) leaves nothing
+            b.flat.grad = None
         drawn: dict[tuple[int, tuple[str, ...]], list[tuple[int, dict[str, torch.Tensor], torch.Tensor]]] = {}
         for k, c in enumerate(self.clients):  # in client order, as the loop reads (a reader may draw random flips)
             batch = c.next_batch()

@@ -61,6 +61,10 @@ class Mpsl(Method):
         steps = max(-(-len(c.data) // c.batch_size) for c in self.clients)
         with progress_bar(f"mpsl epoch {epoch + 1}", steps, progress) as bar:
             while (result := mpsl_step(self.server, self.group, self.step)) is not None:
+                for cid, reason in result.contained.items():  # simulated clients are honest: a diverging model
+                    print(f"mpsl: step {self.step}: client {cid} left out by the server's guard: {reason}", flush=True)
+                if result.skipped is not None:
+                    print(f"mpsl: step {self.step}: the server skipped its update: {result.skipped}", flush=True)
                 stats.add(result.loss, result.correct, result.count)  # normalized by samples actually seen
                 self.step += 1
                 bar.update(1)

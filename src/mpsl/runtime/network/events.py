@@ -172,6 +172,24 @@ class NoStep(Event, name="no_step"):
 
 
 @dataclass(frozen=True)
+class Contained(Event, name="contained"):
+    """The server's guard left a client out of a step (out-of-bounds values, non-finite outputs); its stream is
+    closed with INVALID_ARGUMENT and nothing it sent reached the parameters."""
+
+    client: int
+    step: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Skipped(Event, name="skipped"):
+    """The server's gradients were not finite, so it took no update and no client stepped."""
+
+    step: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class EpochEnd(Event, name="epoch_end"):
     epoch: int
     step: int

@@ -259,6 +259,10 @@ class RemoteHandle:
         """Not awaited: the client's next answer comes after it, so its acknowledgement is collected then."""
         self._call(self._encoded(msg), "done", msg.step, wait=False)
 
+    def refuse(self, reason: str) -> None:
+        """Close this client's stream with INVALID_ARGUMENT: the server's guard left it out of a step."""
+        self.loop.call_soon_threadsafe(self.conn.fail, grpc.StatusCode.INVALID_ARGUMENT, reason)
+
     def end_epoch(self) -> None:
         self._call([pb.ServerMessage(end_epoch=pb.EndEpoch(epoch=self.conn.epoch or 0))], "done", -1)
 

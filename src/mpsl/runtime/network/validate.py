@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from mpsl.errors import ProtocolError
 from mpsl.protocol import FeatureGrad, Tokens
+from mpsl.protocol.guard import Guard
 from mpsl.protocol.messages import fits_modalities
 
 
@@ -19,6 +20,7 @@ class Expected:
     tokens: dict[str, int]  # modality -> T_m, in the server's modality order
     width: int
     max_batch: int
+    guard: Guard | None = None  # value bounds (the server's step guard): refused here, before the step sees them
 
     def check_tokens(self, msg: Tokens, client_id: int, step: int) -> None:
         if msg.client_id != client_id:
@@ -39,9 +41,10 @@ class Expected:
         batch = sizes.pop()
         if not 1 <= batch <= self.max_batch:
             raise ProtocolError(f"batch of {batch} samples, allowed 1..{self.max_batch} (deploy.max_client_batch)")
+        if self.guard is not None and (reason := self.guard.check_tokens(msg)) is not None:
+            raise ProtocolError(reason)
 
-    @staticmethod
-    def check_grad(msg: FeatureGrad, step: int, shape: tuple[int, ...]) -> None:
+    def check_grad(self, msg: FeatureGrad, step: int, shape: tuple[int, ...]) -> None:
         if msg.step != step:
             raise ProtocolError(f"feature gradient for step {msg.step}, the open step is {step}")
         if tuple(msg.grad.shape) != shape:
@@ -50,3 +53,5 @@ class Expected:
         if msg.count != batch or not 0 <= msg.correct <= msg.count:  # they add up in the server's logged totals
             raise ProtocolError(f"metrics out of range: correct {msg.correct} of {msg.count}, the batch is "
                                 f"{batch} samples")
+        if self.guard is not None and (reason := self.guard.check_grad(msg)) is not None:
+            raise ProtocolError(reason)
