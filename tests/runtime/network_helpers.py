@@ -59,11 +59,12 @@ class LiveServer:
     """ServerApp on 127.0.0.1 in its own event loop thread; its SplitServer and its log stay inspectable."""
 
     def __init__(self, cfg: Config, tokens_file: str | None = None, tls: tuple[str, str] | None = None,
-                 client_ca: str | None = None, public_status: bool = False) -> None:
-        self.port = free_port()
+                 client_ca: str | None = None, public_status: bool = False, port: int | None = None,
+                 resume: bool = False) -> None:
+        self.port = port or free_port()
         self.cfg = cfg
         self._log = EventLog().__enter__()
-        self.runtime = ServerApp(cfg, f"127.0.0.1:{self.port}", False, tokens_file, tls, client_ca, public_status)
+        self.runtime = ServerApp(cfg, f"127.0.0.1:{self.port}", resume, tokens_file, tls, client_ca, public_status)
         self.network = NetworkThread()
         self.network.run(self.runtime.start(), timeout=60)
         self.training = threading.Thread(target=self.runtime.trainer.run, daemon=True)
@@ -146,8 +147,9 @@ class HonestClients:
         template, _ = build_split_model(cfg.model, dataset.spec, cfg.seed)
         task = TASKS.get(dataset.spec.task)()
         expected = expected_shapes(template, dataset.spec, cfg.deploy.max_client_batch or cfg.train.batch_size)
-        apps = [ClientApp(split_client(cfg, k, shards[k], batches[k], template, task), out_dir / f"client-{k}")
-                for k in ids]
+        apps = [ClientApp(split_client(cfg, k, shards[k], batches[k], template, task), out_dir / f"client-{k}",
+                          cfg.deploy.keep_checkpoints) for k in ids]
+        self.apps = apps
         for app in apps:
             app.out_dir.mkdir(parents=True, exist_ok=True)
         self.network = NetworkThread()

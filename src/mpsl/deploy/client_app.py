@@ -14,13 +14,13 @@ from mpsl.config import Config, client_batch_size, client_batch_sizes
 from mpsl.data import load_dataset
 from mpsl.deploy.common import (
     SWITCH_INTERVAL,
+    Checkpoints,
     checkpoint_dir,
     expected_shapes,
     limits,
     load_state,
     log_to_stderr,
     report,
-    save_state,
 )
 from mpsl.errors import MpslError
 from mpsl.models import build_split_model
@@ -35,12 +35,13 @@ from mpsl.tasks import TASKS
 
 
 class ClientApp:
-    """A SplitClient with its own checkpoints: the last two coordinated steps, and its final model."""
+    """A SplitClient with its own checkpoints (the newest coordinated ones) and its final model."""
 
-    def __init__(self, client: SplitClient, out_dir: Path) -> None:
+    def __init__(self, client: SplitClient, out_dir: Path, keep: int = 3) -> None:
         self.client = client
         self.client_id = client.client_id
         self.out_dir = out_dir
+        self.checkpoints = Checkpoints(out_dir, keep)
 
     @property
     def epoch(self) -> int | None:
@@ -64,16 +65,11 @@ class ClientApp:
     def samples(self) -> int:
         return len(self.client.data)
 
-    def _path(self, step: int) -> Path:
-        return self.out_dir / f"state-{step:09d}.pt"
+    def save(self, step: int, epoch: int) -> None:
+        self.checkpoints.save({"step": step, **self.client.state_dict()}, step, epoch)
 
-    def save(self, step: int) -> None:
-        save_state({"step": step, **self.client.state_dict()}, self._path(step))
-        for old in sorted(self.out_dir.glob("state-*.pt"))[:-2]:  # keep the last two
-            old.unlink()
-
-    def restore(self, step: int) -> bool:
-        path = self._path(step)
+    def restore(self, step: int, epoch: int) -> bool:
+        path = self.checkpoints.path(step, epoch)
         if not path.is_file():
             return False
         self.client.load_state_dict(load_state(path))
@@ -81,10 +77,10 @@ class ClientApp:
         return True
 
     def restore_latest(self) -> int | None:
-        saved = sorted(self.out_dir.glob("state-*.pt"))
+        saved = self.checkpoints.newest()
         if not saved:
             return None
-        state = load_state(saved[-1])
+        state = load_state(saved[0])
         self.client.load_state_dict(state)
         return int(state["step"])
 
@@ -112,7 +108,7 @@ async def run_client(cfg: Config, target: str, client_id: int, resume: bool, tok
     template, _ = build_split_model(cfg.model, dataset.spec, cfg.seed)
     task = TASKS.get(dataset.spec.task)()
     app = ClientApp(split_client(cfg, client_id, shard, batch, template, task),
-                          checkpoint_dir(cfg, f"client-{client_id}"))
+                    checkpoint_dir(cfg, f"client-{client_id}"), cfg.deploy.keep_checkpoints)
     if resume:
         report(ClientResumed(client_id, app.restore_latest()))
     expected = expected_shapes(template, dataset.spec, cfg.deploy.max_client_batch or cfg.train.batch_size)

@@ -58,6 +58,47 @@ def load_state(path: Path) -> dict[str, Any]:
         raise MpslError(f"checkpoint {path} cannot be read: {str(exc).splitlines()[0]}") from None
 
 
+class Checkpoints:
+    """One party's coordinated checkpoints, `state-<step>-<epoch>.pt`, the newest `keep` of them.
+
+    A checkpoint is named by the step and the server's epoch counter together: the one written after an
+    epoch's end has the same step as the one written just before it, but the learning-rate schedules have
+    moved on; a resumed server names exactly the one it resumed from, so both sides agree on it."""
+
+    def __init__(self, directory: Path, keep: int) -> None:
+        self.directory, self.keep = directory, keep
+
+    def path(self, step: int, epoch: int) -> Path:
+        return self.directory / f"state-{step:09d}-{epoch:04d}.pt"
+
+    def save(self, state: dict[str, Any], step: int, epoch: int) -> Path:
+        path = self.path(step, epoch)
+        save_state(state, path)
+        for old in self.newest()[self.keep:]:
+            old.unlink()
+        return path
+
+    def newest(self) -> list[Path]:
+        """Saved checkpoints, newest (highest step, then epoch) first; file names sort in that order."""
+        return sorted(self.directory.glob("state-*-*.pt"), reverse=True)
+
+
+def finite_state(obj: Any) -> bool:
+    """Every floating-point tensor anywhere in a (nested) state dict is finite."""
+    tensors = [t for t in _tensors(obj) if t.is_floating_point()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
 def expected_shapes(client: ClientModel, spec: DatasetSpec, max_batch: int, guard: Guard | None = None) -> Expected:
     """Token counts per modality from one meta-device pass of the client template (no compute, no memory);
     the server passes its step guard, so values out of its bounds are refused as they arrive."""

@@ -2,9 +2,13 @@
 
 The server hosts the encoder and drives training through `mpsl_step` exactly as the simulation
 does; each connected client is a RemoteHandle. Checkpoints are coordinated: every
-`deploy.checkpoint_every` steps each connected client saves its state for that step, then the server
-saves its own, each written to a temporary file and renamed. A resumed server tells clients the step
-it resumed from, and they reload their checkpoint of that step.
+`deploy.checkpoint_every` steps and after every epoch's end each connected client saves its state for
+that (step, epoch), then the server saves its own, each written to a temporary file, flushed and
+renamed. The server never saves a non-finite state and keeps its newest `deploy.keep_checkpoints`. A
+resumed server tells every client that joins the checkpoint it resumed from and its own session; a
+client whose state comes from another session (it trained past that point with the server that
+died, or restarted) reloads its checkpoint of that (step, epoch), so both sides continue from the same
+point whenever the kill happened.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,14 +31,15 @@ from mpsl.config import Config
 from mpsl.data import load_dataset
 from mpsl.deploy.common import (
     SWITCH_INTERVAL,
+    Checkpoints,
     NetworkThread,
     checkpoint_dir,
     expected_shapes,
+    finite_state,
     limits,
     load_state,
     log_to_stderr,
     report,
-    save_state,
 )
 from mpsl.errors import ClientUnavailable, MpslError
 from mpsl.models import build_split_model
@@ -69,13 +75,16 @@ class TrainingLoop:
         self.cfg, self.server, self.hub, self.loop, self.out_dir = cfg, server, hub, loop, out_dir
         self.epoch = 0 if state is None else int(state["epoch"])
         self.step = 0 if state is None else int(state["step"])
-        self.resumed_step = -1 if state is None else self.step
+        self.resumed = (-1, 0) if state is None else (self.step, self.epoch)  # the checkpoint resumed from
+        self.session = uuid.uuid4().hex  # this process: clients that trained with another one roll back
+        self.checkpoints = Checkpoints(out_dir, cfg.deploy.keep_checkpoints)
         self.stop = threading.Event()
         self.samples, self.busy = 0, 0.0  # trained samples and seconds spent in steps, for the final log line
 
     def welcome(self) -> pb.Welcome:
-        resume = self.resumed_step if self.step == self.resumed_step else -1  # only until training moves on
-        return pb.Welcome(epoch=self.epoch, step=self.step, resume_step=resume, wire_dtype=self.cfg.deploy.wire_dtype)
+        step, epoch = self.resumed
+        return pb.Welcome(epoch=self.epoch, step=self.step, resume_step=step, resume_epoch=epoch,
+                          wire_dtype=self.cfg.deploy.wire_dtype, session=self.session)
 
     def _handles(self) -> list[RemoteHandle]:
         return [RemoteHandle(c, self.loop) for c in self.hub.connected()]
@@ -100,24 +109,30 @@ class TrainingLoop:
                 report(EpochEnd(self.epoch + 1, self.step))
                 self.epoch += 1
                 self._checkpoint(fan_out)
+        if self.step == self.resumed[0] and self._participants() is None:  # resumed at the end: tell the clients
+            return
         self.progress("finished")
         save_module(self.server.model, self.out_dir / "server.safetensors")
         for h in self._handles():
             h.finish()
         report(Finished(self.step, self.samples, self.busy, str(self.out_dir / "server.safetensors")))
 
-    def _epoch(self, fan_out: Any) -> None:
+    def _participants(self) -> list[RemoteHandle] | None:
+        """The connected clients once there are deploy.min_participants of them; None if stopped meanwhile."""
         waiting = False
         while not self.stop.is_set():
             handles = self._handles()
-            if len(handles) < self.cfg.deploy.min_participants:
-                if not waiting:
-                    report(Waiting(len(handles), self.cfg.deploy.min_participants))
-                    waiting = True
-                self.progress("waiting")
-                time.sleep(0.2)
-                continue
-            waiting = False
+            if len(handles) >= self.cfg.deploy.min_participants:
+                return handles
+            if not waiting:
+                report(Waiting(len(handles), self.cfg.deploy.min_participants))
+                waiting = True
+            self.progress("waiting")
+            time.sleep(0.2)
+        return None
+
+    def _epoch(self, fan_out: Any) -> None:
+        while (handles := self._participants()) is not None:
             self.progress("training")
             for h in handles:
                 if h.epoch != self.epoch:
@@ -157,19 +172,24 @@ class TrainingLoop:
                 self._checkpoint(fan_out)
 
     def _checkpoint(self, fan_out: Any) -> None:
-        """Clients first, then the server: a resumed server always finds its step on the clients."""
+        """Clients first, then the server: a resumed server always finds its (step, epoch) on the clients."""
         handles = self._handles()
 
         def save(h: RemoteHandle) -> None:
             try:
-                h.checkpoint(self.step)
+                h.checkpoint(self.step, self.epoch)
             except ClientUnavailable as exc:
                 report(Dropped(h.client_id, str(exc)))
 
         fan_out(save, handles)
-        save_state({"server": self.server.state_dict(), "epoch": self.epoch, "step": self.step,
-                       "rng": torch.get_rng_state()}, self.out_dir / "server-state.pt")
-        report(Checkpoint(self.step, self.epoch + 1, str(self.out_dir / "server-state.pt")))
+        state = {"server": self.server.state_dict(), "epoch": self.epoch, "step": self.step,
+                 "rng": torch.get_rng_state()}
+        if not finite_state(state):  # the guard should make this unreachable; never overwrite good state with it
+            kept = self.checkpoints.newest()
+            raise MpslError(f"the server's state is not finite at step {self.step}: not saved; its newest good "
+                            f"checkpoint is {kept[0] if kept else 'none'} (restart with --resume)")
+        path = self.checkpoints.save(state, self.step, self.epoch)
+        report(Checkpoint(self.step, self.epoch + 1, str(path)))
 
 
 class ServerApp:
@@ -182,6 +202,7 @@ class ServerApp:
         client_template, server_model = build_split_model(cfg.model, dataset.spec, cfg.seed)
         self.server = split_server(server_model, cfg)
         self.out_dir = checkpoint_dir(cfg, "server")
+        self.cfg = cfg
         state = self._resume_state() if resume else None
         if state is not None:
             self.server.load_state_dict(state["server"])
@@ -198,10 +219,21 @@ class ServerApp:
         self.hub = Hub()
 
     def _resume_state(self) -> dict[str, Any]:
-        path = self.out_dir / "server-state.pt"
-        if not path.is_file():
-            raise MpslError(f"--resume: no checkpoint at {path}")
-        return load_state(path)
+        """The newest checkpoint that loads and is finite (an older one if the newest is damaged)."""
+        saved = Checkpoints(self.out_dir, self.cfg.deploy.keep_checkpoints).newest()
+        if not saved:
+            raise MpslError(f"--resume: no checkpoint (state-<step>-<epoch>.pt) in {self.out_dir}")
+        problems = []
+        for path in saved:
+            try:
+                state = load_state(path)
+            except MpslError as exc:
+                problems.append(str(exc))
+                continue
+            if finite_state(state):
+                return state
+            problems.append(f"{path} holds non-finite values")
+        raise MpslError(f"--resume: no usable checkpoint in {self.out_dir}: {'; '.join(problems)}")
 
     async def start(self) -> None:
         self.trainer = TrainingLoop(self.cfg, self.server, self.hub, asyncio.get_running_loop(), self.out_dir,

@@ -43,8 +43,8 @@ class ClientApp(Protocol):
     def features(self, msg: Features) -> FeatureGrad: ...
     def cut_grad(self, msg: CutGrad) -> None: ...
     def end_epoch(self) -> None: ...
-    def save(self, step: int) -> None: ...
-    def restore(self, step: int) -> bool: ...
+    def save(self, step: int, epoch: int) -> None: ...
+    def restore(self, step: int, epoch: int) -> bool: ...
     def finish(self) -> None: ...
     def samples(self) -> int: ...
 
@@ -53,6 +53,7 @@ class _Session:
     def __init__(self, client: ClientApp, limits: Limits, log: Callable[[Event], None]) -> None:
         self.client, self.limits, self.log = client, limits, log
         self.codec: Codec | None = None  # in the server's wire dtype, from its Welcome
+        self.session: str | None = None  # the server process this client's state has trained with
 
     def _codec(self) -> Codec:
         if self.codec is None:
@@ -77,8 +78,11 @@ class _Session:
                                     f"this client cannot encode (registered: {', '.join(DTYPES)})")
             self.codec = Codec(w.wire_dtype)
             self.log(Welcomed(c.client_id, w.epoch + 1, w.step, w.wire_dtype))
-            if w.resume_step >= 0 and not c.restore(w.resume_step):
+            # a server that resumed and that this state has not trained with: back to the point it resumed from,
+            # whether training has moved on since or not (updates after that point were lost with the server)
+            if w.resume_step >= 0 and w.session != self.session and not c.restore(w.resume_step, w.resume_epoch):
                 self.log(NoCheckpoint(c.client_id, w.resume_step))
+            self.session = w.session
             return []
         if kind == "start_epoch":
             if c.epoch != message.start_epoch.epoch:  # same epoch: resumed mid-epoch, keep the data order
@@ -103,7 +107,7 @@ class _Session:
             c.end_epoch()
             return done
         if kind == "checkpoint":
-            c.save(message.checkpoint.step)
+            c.save(message.checkpoint.step, message.checkpoint.epoch)
             return done
         if kind == "finish":
             c.finish()

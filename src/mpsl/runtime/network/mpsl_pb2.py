@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmpsl/runtime/network/mpsl.proto\x12\x07mpsl.v1\"#\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04last\x18\x02 \x01(\x08\"\xa0\x02\n\rServerMessage\x12#\n\x07welcome\x18\x01 \x01(\x0b\x32\x10.mpsl.v1.WelcomeH\x00\x12*\n\x0bstart_epoch\x18\x02 \x01(\x0b\x32\x13.mpsl.v1.StartEpochH\x00\x12\x1f\n\x05\x65mbed\x18\x03 \x01(\x0b\x32\x0e.mpsl.v1.EmbedH\x00\x12\x1f\n\x05\x66rame\x18\x04 \x01(\x0b\x32\x0e.mpsl.v1.ChunkH\x00\x12&\n\tend_epoch\x18\x05 \x01(\x0b\x32\x11.mpsl.v1.EndEpochH\x00\x12)\n\ncheckpoint\x18\x06 \x01(\x0b\x32\x13.mpsl.v1.CheckpointH\x00\x12!\n\x06\x66inish\x18\x07 \x01(\x0b\x32\x0f.mpsl.v1.FinishH\x00\x42\x06\n\x04kind\"\x9f\x01\n\rClientMessage\x12\x1d\n\x04join\x18\x01 \x01(\x0b\x32\r.mpsl.v1.JoinH\x00\x12\x1f\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x0e.mpsl.v1.ChunkH\x00\x12\'\n\texhausted\x18\x03 \x01(\x0b\x32\x12.mpsl.v1.ExhaustedH\x00\x12\x1d\n\x04\x64one\x18\x04 \x01(\x0b\x32\r.mpsl.v1.DoneH\x00\x42\x06\n\x04kind\"*\n\x04Join\x12\x11\n\tclient_id\x18\x01 \x01(\x05\x12\x0f\n\x07samples\x18\x02 \x01(\x05\"O\n\x07Welcome\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x13\n\x0bresume_step\x18\x03 \x01(\x03\x12\x12\n\nwire_dtype\x18\x04 \x01(\t\"\x1b\n\nStartEpoch\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\"\x15\n\x05\x45mbed\x12\x0c\n\x04step\x18\x01 \x01(\x03\"\x19\n\x08\x45ndEpoch\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\"\x1a\n\nCheckpoint\x12\x0c\n\x04step\x18\x01 \x01(\x03\"\x08\n\x06\x46inish\"\x19\n\tExhausted\x12\x0c\n\x04step\x18\x01 \x01(\x03\"\x06\n\x04\x44one\"\x0f\n\rStatusRequest\"\x1b\n\x0bStatusReply\x12\x0c\n\x04json\x18\x01 \x01(\t2\x86\x01\n\rSplitLearning\x12=\n\x07Session\x12\x16.mpsl.v1.ClientMessage\x1a\x16.mpsl.v1.ServerMessage(\x01\x30\x01\x12\x36\n\x06Status\x12\x16.mpsl.v1.StatusRequest\x1a\x14.mpsl.v1.StatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmpsl/runtime/network/mpsl.proto\x12\x07mpsl.v1\"#\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04last\x18\x02 \x01(\x08\"\xa0\x02\n\rServerMessage\x12#\n\x07welcome\x18\x01 \x01(\x0b\x32\x10.mpsl.v1.WelcomeH\x00\x12*\n\x0bstart_epoch\x18\x02 \x01(\x0b\x32\x13.mpsl.v1.StartEpochH\x00\x12\x1f\n\x05\x65mbed\x18\x03 \x01(\x0b\x32\x0e.mpsl.v1.EmbedH\x00\x12\x1f\n\x05\x66rame\x18\x04 \x01(\x0b\x32\x0e.mpsl.v1.ChunkH\x00\x12&\n\tend_epoch\x18\x05 \x01(\x0b\x32\x11.mpsl.v1.EndEpochH\x00\x12)\n\ncheckpoint\x18\x06 \x01(\x0b\x32\x13.mpsl.v1.CheckpointH\x00\x12!\n\x06\x66inish\x18\x07 \x01(\x0b\x32\x0f.mpsl.v1.FinishH\x00\x42\x06\n\x04kind\"\x9f\x01\n\rClientMessage\x12\x1d\n\x04join\x18\x01 \x01(\x0b\x32\r.mpsl.v1.JoinH\x00\x12\x1f\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x0e.mpsl.v1.ChunkH\x00\x12\'\n\texhausted\x18\x03 \x01(\x0b\x32\x12.mpsl.v1.ExhaustedH\x00\x12\x1d\n\x04\x64one\x18\x04 \x01(\x0b\x32\r.mpsl.v1.DoneH\x00\x42\x06\n\x04kind\"*\n\x04Join\x12\x11\n\tclient_id\x18\x01 \x01(\x05\x12\x0f\n\x07samples\x18\x02 \x01(\x05\"v\n\x07Welcome\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x13\n\x0bresume_step\x18\x03 \x01(\x03\x12\x12\n\nwire_dtype\x18\x04 \x01(\t\x12\x14\n\x0cresume_epoch\x18\x05 \x01(\x05\x12\x0f\n\x07session\x18\x06 \x01(\t\"\x1b\n\nStartEpoch\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\"\x15\n\x05\x45mbed\x12\x0c\n\x04step\x18\x01 \x01(\x03\"\x19\n\x08\x45ndEpoch\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\")\n\nCheckpoint\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\"\x08\n\x06\x46inish\"\x19\n\tExhausted\x12\x0c\n\x04step\x18\x01 \x01(\x03\"\x06\n\x04\x44one\"\x0f\n\rStatusRequest\"\x1b\n\x0bStatusReply\x12\x0c\n\x04json\x18\x01 \x01(\t2\x86\x01\n\rSplitLearning\x12=\n\x07Session\x12\x16.mpsl.v1.ClientMessage\x1a\x16.mpsl.v1.ServerMessage(\x01\x30\x01\x12\x36\n\x06Status\x12\x16.mpsl.v1.StatusRequest\x1a\x14.mpsl.v1.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,25 +40,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOIN']._serialized_start=534
   _globals['_JOIN']._serialized_end=576
   _globals['_WELCOME']._serialized_start=578
-  _globals['_WELCOME']._serialized_end=657
-  _globals['_STARTEPOCH']._serialized_start=659
-  _globals['_STARTEPOCH']._serialized_end=686
-  _globals['_EMBED']._serialized_start=688
-  _globals['_EMBED']._serialized_end=709
-  _globals['_ENDEPOCH']._serialized_start=711
-  _globals['_ENDEPOCH']._serialized_end=736
-  _globals['_CHECKPOINT']._serialized_start=738
-  _globals['_CHECKPOINT']._serialized_end=764
-  _globals['_FINISH']._serialized_start=766
-  _globals['_FINISH']._serialized_end=774
-  _globals['_EXHAUSTED']._serialized_start=776
-  _globals['_EXHAUSTED']._serialized_end=801
-  _globals['_DONE']._serialized_start=803
-  _globals['_DONE']._serialized_end=809
-  _globals['_STATUSREQUEST']._serialized_start=811
-  _globals['_STATUSREQUEST']._serialized_end=826
-  _globals['_STATUSREPLY']._serialized_start=828
-  _globals['_STATUSREPLY']._serialized_end=855
-  _globals['_SPLITLEARNING']._serialized_start=858
-  _globals['_SPLITLEARNING']._serialized_end=992
+  _globals['_WELCOME']._serialized_end=696
+  _globals['_STARTEPOCH']._serialized_start=698
+  _globals['_STARTEPOCH']._serialized_end=725
+  _globals['_EMBED']._serialized_start=727
+  _globals['_EMBED']._serialized_end=748
+  _globals['_ENDEPOCH']._serialized_start=750
+  _globals['_ENDEPOCH']._serialized_end=775
+  _globals['_CHECKPOINT']._serialized_start=777
+  _globals['_CHECKPOINT']._serialized_end=818
+  _globals['_FINISH']._serialized_start=820
+  _globals['_FINISH']._serialized_end=828
+  _globals['_EXHAUSTED']._serialized_start=830
+  _globals['_EXHAUSTED']._serialized_end=855
+  _globals['_DONE']._serialized_start=857
+  _globals['_DONE']._serialized_end=863
+  _globals['_STATUSREQUEST']._serialized_start=865
+  _globals['_STATUSREQUEST']._serialized_end=880
+  _globals['_STATUSREPLY']._serialized_start=882
+  _globals['_STATUSREPLY']._serialized_end=909
+  _globals['_SPLITLEARNING']._serialized_start=912
+  _globals['_SPLITLEARNING']._serialized_end=1046
 # @@protoc_insertion_point(module_scope)

@@ -51,16 +51,20 @@ class Join(_message.Message):
     def __init__(self, client_id: _Optional[int] = ..., samples: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("epoch", "step", "resume_step", "wire_dtype")
+    __slots__ = ("epoch", "step", "resume_step", "wire_dtype", "resume_epoch", "session")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     RESUME_STEP_FIELD_NUMBER: _ClassVar[int]
     WIRE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    RESUME_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     step: int
     resume_step: int
     wire_dtype: str
-    def __init__(self, epoch: _Optional[int] = ..., step: _Optional[int] = ..., resume_step: _Optional[int] = ..., wire_dtype: _Optional[str] = ...) -> None: ...
+    resume_epoch: int
+    session: str
+    def __init__(self, epoch: _Optional[int] = ..., step: _Optional[int] = ..., resume_step: _Optional[int] = ..., wire_dtype: _Optional[str] = ..., resume_epoch: _Optional[int] = ..., session: _Optional[str] = ...) -> None: ...
 
 class StartEpoch(_message.Message):
     __slots__ = ("epoch",)
@@ -81,10 +85,12 @@ class EndEpoch(_message.Message):
     def __init__(self, epoch: _Optional[int] = ...) -> None: ...
 
 class Checkpoint(_message.Message):
-    __slots__ = ("step",)
+    __slots__ = ("step", "epoch")
     STEP_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     step: int
-    def __init__(self, step: _Optional[int] = ...) -> None: ...
+    epoch: int
+    def __init__(self, step: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class Finish(_message.Message):
     __slots__ = ()

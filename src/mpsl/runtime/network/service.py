@@ -266,8 +266,8 @@ class RemoteHandle:
     def end_epoch(self) -> None:
         self._call([pb.ServerMessage(end_epoch=pb.EndEpoch(epoch=self.conn.epoch or 0))], "done", -1)
 
-    def checkpoint(self, step: int) -> None:
-        self._call([pb.ServerMessage(checkpoint=pb.Checkpoint(step=step))], "done", step)
+    def checkpoint(self, step: int, epoch: int) -> None:
+        self._call([pb.ServerMessage(checkpoint=pb.Checkpoint(step=step, epoch=epoch))], "done", step)
 
     def finish(self) -> None:
         asyncio.run_coroutine_threadsafe(self._finish(), self.loop).result()
