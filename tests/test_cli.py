@@ -130,7 +130,8 @@ def test_report_redoes_the_comparison_byte_for_byte(tmp_path: Path) -> None:
     assert _mpsl("compare", str(config), *TINY, f"out_dir={tmp_path}", cwd=tmp_path).returncode == 0
     run = tmp_path / "rep"
     saved = {name: (run / name).read_bytes() for name in ("compare.md", "compare.csv")}
-    for name in (*saved, "accuracy.png", "client_compute.png", "communication.png"):
+    plots = ("accuracy.png", "time_to_accuracy.png", "client_compute.png", "communication.png")
+    for name in (*saved, *plots):
         (run / name).unlink()
 
     # Execute
@@ -140,9 +141,10 @@ def test_report_redoes_the_comparison_byte_for_byte(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     for name, before in saved.items():
         assert (run / name).read_bytes() == before, name
-    for png in ("accuracy.png", "client_compute.png", "communication.png"):
+    for png in plots:
         assert (run / png).stat().st_size > 10_000
     table = saved["compare.md"].decode()
+    assert "simulated min (mix)" in table and "time_to_accuracy.png" in table
     assert table.index("| mpsl ") < table.index("| fedavg ") < table.index("| centralized ")
     assert len(saved["compare.csv"].decode().strip().splitlines()) == 1 + 3
 

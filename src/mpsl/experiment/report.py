@@ -11,11 +11,46 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mpsl.analysis.wallclock import PROFILES, Workload, round_seconds
+from mpsl.config import client_batch_sizes
+from mpsl.experiment.methods import METHODS
 from mpsl.experiment.results import RunResult
 
 Results = Sequence[RunResult]
 COLORS = {"mpsl": "#1f77b4", "fedavg": "#d62728", "fedavg-adapter": "#ff7f0e", "splitfed": "#9467bd",
           "centralized": "#2ca02c"}
+
+
+NETWORK = "mix"  # the profile compare.md's simulated-time column and plot use (mpsl.analysis.wallclock.PROFILES)
+SERVER_TFLOPS = 100.0  # the server's sustained training speed assumed there (a data-centre GPU)
+
+
+def workload(r: RunResult) -> Workload:
+    """One round of `r` as the time model sees it: each client's share of the measured bytes and FLOPs.
+
+    Split methods move bytes in proportion to the samples a client trains on; FL clients each move the
+    model (with `fl.clients_per_round`, every client is counted as a participant: an upper bound)."""
+    samples = list(r.samples_per_client)
+    n = len(samples)
+    per_round = [r.comm.bytes_up_per_client_per_round, r.comm.bytes_down_per_client_per_round]
+    schedule = METHODS.get(r.method).schedule
+    if schedule == "rounds":
+        participants = r.config.fl.clients_per_round or n
+        up, down = ([b * n / participants] * n for b in per_round)
+    else:
+        mean = sum(samples) / n
+        up, down = ([b * s / mean for s in samples] for b in per_round)
+    flops = r.cost.flops
+    server = flops.model_per_sample if schedule == "central" else flops.server_per_sample
+    return Workload(samples, client_batch_sizes(r.config, samples), up, down,
+                    [r.comm.messages_per_client / r.epochs] * n, flops.client_per_sample, server,
+                    r.config.fl.local_epochs if schedule == "rounds" else 1)
+
+
+def simulated_seconds(r: RunResult, network: str = NETWORK, server_tflops: float = SERVER_TFLOPS) -> list[float]:
+    """Simulated seconds from the start of training to the end of each round (epoch), on `network`."""
+    per_round = round_seconds(METHODS.get(r.method).schedule, workload(r), network, server_tflops)
+    return [per_round * (e + 1) for e in range(len(r.history))]
 
 
 def _pct(value: float | None) -> str:
@@ -59,6 +94,7 @@ def _rows(results: Results) -> list[dict[str, Any]]:
             "mb_up_per_client": r.comm.bytes_up_per_client / 1e6,
             "mb_down_per_client": r.comm.bytes_down_per_client / 1e6,
             "wall_seconds": r.wall_seconds,
+            f"simulated_seconds_{NETWORK}": simulated_seconds(r)[-1],
         })
         rows.append(row)
     return rows
@@ -75,11 +111,11 @@ def compare_table(results: Results) -> str:
     header = ["method", "clients", *[_score_label(k) + " %" for k in scores],
               *[a.removeprefix("accuracy_").replace("_", "-") + " %" for a in ablations],
               "client GFLOP/sample", "client trainable", "client memory MB", "MB up/client", "MB down/client",
-              "wall s"]
+              "wall s", f"simulated min ({NETWORK})"]
     body = [[row["method"], str(row["clients"]), *[_pct(row[k]) for k in scores], *[_pct(row[a]) for a in ablations],
              f"{row['client_gflop_per_sample']:.3g}", _count(row["client_trainable_params"]),
              f"{row['client_memory_mb']:.3g}", f"{row['mb_up_per_client']:.1f}", f"{row['mb_down_per_client']:.1f}",
-             f"{row['wall_seconds']:.0f}"] for row in _rows(results)]
+             f"{row['wall_seconds']:.0f}", f"{row[f'simulated_seconds_{NETWORK}'] / 60:.3g}"] for row in _rows(results)]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
 
     def line(cells: Sequence[str]) -> str:
@@ -107,7 +143,13 @@ def compare_markdown(title: str, results: Results) -> str:
     notes.append("Client GFLOP/sample: forward + backward of what runs on a client, per training sample "
                  "(FlopCounterMode). Client memory: parameters + Adam state + saved activations of one "
                  "client mini-batch. MB up/down: bytes per client over the whole run, as encoded on the wire.")
-    plots = "\n".join(f"![{name}]({name}.png)" for name in ("accuracy", "client_compute", "communication"))
+    links = ", ".join(f"{link.uplink_mbps:g}/{link.downlink_mbps:g} Mbit/s up/down, {link.latency_ms:g} ms, "
+                      f"{link.device_tflops:g} TFLOP/s" for link in PROFILES.get(NETWORK))
+    notes.append(f"Simulated min: the run's measured bytes and FLOPs timed on assumed links, clients taking in turn "
+                 f"{links}; server {SERVER_TFLOPS:g} TFLOP/s. MPSL waits for the slowest client every step, FedAvg "
+                 f"for the slowest local round (mpsl.analysis.wallclock).")
+    plots = "\n".join(f"![{name}]({name}.png)" for name in ("accuracy", "time_to_accuracy", "client_compute",
+                                                            "communication"))
     return f"# {title}\n\n{compare_table(results)}\n" + "\n".join(f"- {n}" for n in notes) + f"\n\n{plots}\n"
 
 
@@ -150,6 +192,25 @@ def accuracy_plot(results: Results, path: Path, title: str) -> Path:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def time_to_accuracy_plot(results: Results, path: Path, title: str) -> Path:
+    """The headline metric after each round against simulated time on the default network."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in results:
+        minutes = [t / 60 for t in simulated_seconds(r)]
+        ax.plot(minutes, [100 * h.test[r.metric] for h in r.history], marker="o", label=_label(r),
+                color=COLORS.get(r.method))
+    ax.set_xlabel(f"simulated minutes ({NETWORK} network, server {SERVER_TFLOPS:g} TFLOP/s)")
+    ax.set_ylabel(f"{_score_label(results[0].metric)} %")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
@@ -223,6 +284,7 @@ def write_reports(run_dir: Path, results: Results, scaling: Sequence[dict[str, A
     written = [
         run_dir / "compare.md", run_dir / "compare.csv",
         accuracy_plot(results, run_dir / "accuracy.png", f"{setup}: {_score_label(first.metric)}"),
+        time_to_accuracy_plot(results, run_dir / "time_to_accuracy.png", f"{setup}: time to accuracy"),
         compute_plot(results, run_dir / "client_compute.png", "Compute on one client per training sample"),
         communication_plot(results, scaling, run_dir / "communication.png",
                            f"Traffic per client vs backbone ({samples:.0f} samples per client)"),

@@ -57,6 +57,7 @@ class Method(ABC):
     # True when a client runs the whole model (FL, centralized): client compute counts the encoder
     client_runs_encoder: ClassVar[bool] = False
     round_word: ClassVar[str] = "epoch"  # what one train_round is called in logs
+    schedule: ClassVar[str] = "steps"  # what a round waits for, for simulated time (mpsl.analysis.wallclock)
 
     def __init__(self, cfg: Config, dataset: Dataset) -> None:
         self.cfg = cfg

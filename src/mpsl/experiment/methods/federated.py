@@ -72,6 +72,7 @@ def local_update(worker: WholeModel, received: Weights, client: FLClient, cfg: C
 @register
 class FedAvg(Method):
     name = "fedavg"
+    schedule = "rounds"
     round_word = "round"
     client_runs_encoder = True
 

@@ -61,6 +61,7 @@ class Centralized(Method):
     """The same model fine-tuned by one party holding all training data, global batch B."""
 
     name = "centralized"
+    schedule = "central"
 
     client_runs_encoder = True
 

@@ -91,6 +91,7 @@ class SplitFed(Method):
     """SplitFed v1: a server-side model copy per client, both sides FedAvg-ed after every round."""
 
     name = "splitfed"
+    schedule = "pairs"
     round_word = "round"
 
     def __init__(self, cfg: Config, dataset: Dataset) -> None:
