@@ -34,6 +34,9 @@ class DataConfig:
     train_size: int | None = None
     test_size: int | None = None
     seed: int = 0  # seeds the dataset's construction (or subset), not training
+    # training samples held out as a validation split (a seeded random subset, by data.seed); 0: none. Every
+    # selection (mpsl tune) reads it; the test split is only reported
+    val_size: int = 0
     image_size: int = 224  # file datasets: images and video frames are resized and centre-cropped to this
     hflip: bool = False  # file datasets: mirror each training image left-right with probability 1/2 per read
     audio_frames: int | None = None  # fbank frames (10 ms) per audio clip; None: the dataset's default
@@ -415,6 +418,7 @@ def validate(cfg: Config) -> None:
     for key in ("train_size", "test_size"):
         size = getattr(cfg.data, key)
         _require(size is None or size >= 1, f"data.{key}", "must be at least 1 (or null)")
+    _require(cfg.data.val_size >= 0, "data.val_size", f"must be 0 (none) or more, got {cfg.data.val_size}")
     _require(cfg.data.image_size >= 1, "data.image_size", "must be at least 1")
     _require(cfg.data.audio_frames is None or cfg.data.audio_frames >= 16, "data.audio_frames",
              "must be at least 16 (one patch)")

@@ -74,7 +74,7 @@ def test_the_file_keeps_the_flat_layout_with_its_schema_version_first(tmp_path: 
     assert tree["flops"]["client_share"] == 0.1 and tree["client_memory_bytes"]["total"] == 600
     assert tree["history"][1] == {"epoch": 2, "train_loss": 1.0, "train_accuracy": 0.4, "steps": 4,
                                   "bytes_up_per_client": 20.0, "bytes_down_per_client": 24.0, "seconds": 0.5,
-                                  "test_accuracy": 0.6}
+                                  "test_accuracy": 0.6, "val": {}}  # no validation split
     assert tree["config"]["partition"]["kind"] == "iid"
 
 

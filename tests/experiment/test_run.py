@@ -131,3 +131,14 @@ def test_a_retrieval_run_reports_recall_both_ways_and_reevaluates_the_same(tmp_p
     for row, r in zip(again, results, strict=True):
         assert row.method == r.method and row.saved == r.headline
         assert row.scores["test_recall_mean"] == pytest.approx(r.final["test_recall_mean"])
+
+
+def test_with_a_validation_split_every_epoch_records_validation_metrics(tmp_path: Path) -> None:
+    cfg = tiny_config(f"out_dir={tmp_path}", "name=val", "methods=[mpsl]", "train.epochs=2", "data.val_size=24")
+
+    (result,) = run_experiment(cfg)
+
+    saved = RunResult.load(tmp_path / "val" / "mpsl" / "results.json")
+    assert saved == result and [set(h.val) for h in saved.history] == [{"val_accuracy"}] * 2
+    assert all(0 <= h.val["val_accuracy"] <= 1 for h in saved.history)
+    assert sum(saved.samples_per_client) == 96 - 24  # held out of training

@@ -49,8 +49,13 @@ def register_files(ds: FileDataset) -> FileDataset:
 
 
 def load_dataset(cfg: DataConfig, progress: bool = True) -> Dataset:
-    """The dataset `cfg` names; `progress`: show the bars of a preparation it needs (the config's `progress`)."""
-    return DATASETS.get(cfg.name).load(cfg, progress)
+    """The dataset `cfg` names, with its validation split held out of train (data.val_size); `progress`: show the
+    bars of a preparation it needs (the config's `progress`)."""
+    dataset = DATASETS.get(cfg.name).load(cfg, progress)
+    try:
+        return dataset.with_validation(cfg.val_size, cfg.seed)
+    except ValueError as exc:
+        raise DataError(f"{cfg.name}: {exc}") from None
 
 
 def prepare_dataset(cfg: DataConfig, progress: bool = True) -> Path:

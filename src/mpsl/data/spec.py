@@ -87,3 +87,15 @@ class Dataset:
     train: SplitData
     test: SplitData
     classes: list[str] = field(default_factory=list)  # label names where the dataset has them
+    val: SplitData | None = None  # held out of train (data.val_size) for every selection; test is only reported
+
+    def with_validation(self, size: int, seed: int) -> Dataset:
+        """`size` training samples, drawn by `seed`, become the validation split; the rest stay in train, in
+        their order. Nothing of test is touched."""
+        if size == 0:
+            return self
+        if not 0 < size < len(self.train):
+            raise ValueError(f"data.val_size={size} must leave training samples: train has {len(self.train)}")
+        order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))  # [n]
+        val, train = order[:size].sort().values, order[size:].sort().values  # [size], [n - size]
+        return Dataset(self.spec, self.train.subset(train), self.test, self.classes, self.train.subset(val))

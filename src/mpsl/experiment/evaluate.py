@@ -26,10 +26,10 @@ def predictions(client: ClientModel, server: ServerModel, data: SplitData, batch
 
 
 def evaluate(client: ClientModel, server: ServerModel, data: SplitData, task: Task,
-             batch_size: int) -> dict[str, float]:
-    """Every test metric of the task, keyed `test_<metric>` (e.g. test_accuracy, test_i2t_r1)."""
+             batch_size: int, split: str = "test") -> dict[str, float]:
+    """Every metric of the task on `data`, keyed `<split>_<metric>` (e.g. test_accuracy, val_i2t_r1)."""
     scores = task.scores(predictions(client, server, data, batch_size), data.labels)
-    return {f"test_{k}": v for k, v in scores.items()}
+    return {f"{split}_{k}": v for k, v in scores.items()}
 
 
 def headline(client: ClientModel, server: ServerModel, data: SplitData, task: Task, batch_size: int) -> float:

@@ -42,6 +42,7 @@ class EpochRecord:
     bytes_down_per_client: float
     seconds: float
     test: dict[str, float] = field(metadata=_FLAT)  # keyed as RunResult.final: test_accuracy, test_i2t_r1, ...
+    val: dict[str, float] = field(default_factory=dict)  # the same metrics on the validation split (val_accuracy)
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ class _Reader:
         hints = typing.get_type_hints(cls)
         fields = dataclasses.fields(cls)
         missing = [f.name for f in fields if not f.metadata.get("flatten") and f.name not in data
-                   and f.default is dataclasses.MISSING]
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         if missing:
             self.fail(where, f"missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
         rest = {k: v for k, v in data.items() if k not in _keys(cls)}

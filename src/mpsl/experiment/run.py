@@ -112,14 +112,18 @@ def run_method(cfg: Config, dataset: Dataset, name: str, out_dir: Path) -> RunRe
         stats = _train_round(method, epoch, cfg.progress)
         model = method.global_model()
         test = evaluate(model.client, model.server, dataset.test, method.task, cfg.eval.batch_size)
+        val = {} if dataset.val is None else evaluate(model.client, model.server, dataset.val, method.task,
+                                                      cfg.eval.batch_size, "val")
         comm = _comm(method.traffic(), epoch + 1)
         record = EpochRecord(epoch=epoch + 1, train_loss=stats.loss, train_accuracy=stats.accuracy,
                              steps=stats.steps, bytes_up_per_client=comm.bytes_up_per_client,
                              bytes_down_per_client=comm.bytes_down_per_client, seconds=time.perf_counter() - t0,
-                             test=test)
+                             test=test, val=val)
         history.append(record)
         print(f"{name:>14} {method.round_word} {epoch + 1}/{cfg.train.epochs}: train loss {record.train_loss:.4f}, "
-              f"train acc {record.train_accuracy:.3f}, {metric.replace('_', ' ')} {test[metric]:.3f}, "
+              f"train acc {record.train_accuracy:.3f}, "
+              + (f"val {method.task.metric} {val['val_' + method.task.metric]:.3f}, " if val else "")
+              + f"{metric.replace('_', ' ')} {test[metric]:.3f}, "
               f"{(comm.bytes_up_per_client + comm.bytes_down_per_client) / 1e6:.1f} MB/client "
               f"({record.seconds:.0f} s)", flush=True)
         if writer is not None:
