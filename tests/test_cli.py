@@ -333,3 +333,23 @@ def test_an_unknown_log_format_is_one_line(tmp_path: Path) -> None:
 
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "--log-format xml: unknown (known: text, json)" in proc.stderr
+
+
+def test_compare_tune_trains_the_grid_and_reports_the_kept_setting(tmp_path: Path) -> None:
+    # Prepare
+    config = tmp_path / "tiny.yaml"
+    config.write_text("name: tuned\n")
+
+    # Execute
+    proc = _mpsl("compare", str(config), *TINY, f"out_dir={tmp_path}", "--tune", "--methods", "centralized",
+                 "data.val_size=16", "tune.lr_factors=[0.5,2]", cwd=tmp_path)
+
+    # Assert: both trials trained, the kept one is the comparison's, and compare.md says which it is
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "tuned"
+    assert sorted(p.name for p in (run / "tuning" / "centralized").iterdir()) == ["trial-0", "trial-1"]
+    saved = RunResult.load(run / "centralized" / "results.json")
+    assert saved.tuning is not None and len(saved.tuning.trials) == 2
+    kept = saved.tuning.trials[saved.tuning.chosen]
+    assert kept.val == max(t.val for t in saved.tuning.trials) == saved.history[-1].val["val_accuracy"]
+    assert "centralized: tuned over 2 settings" in (run / "compare.md").read_text()

@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("config", help=CONFIG_HELP)
     compare.add_argument("overrides", nargs="*", metavar="key=value")
     compare.add_argument("--methods", help="comma-separated, e.g. mpsl,fedavg,centralized (default: the config's)")
+    compare.add_argument("--tune", action="store_true", help="train each method over its grid (tune.*) with the same "
+                         "budget and keep the best on the validation split (needs data.val_size)")
 
     demo = sub.add_parser("demo", help="MPSL vs FedAvg vs centralized on the embedded avdigits dataset")
     demo.add_argument("overrides", nargs="*", metavar="key=value")
@@ -167,7 +169,9 @@ def _run(args: argparse.Namespace) -> None:
     if getattr(args, "methods", None):
         overrides.append(f"methods=[{args.methods}]")
     cfg = load_config(DEMO_CONFIG if args.command == "demo" else args.config, overrides)
-    run_experiment(cfg, reuse=args.command != "run" and not args.force, force=args.force)
+    tune = getattr(args, "tune", False)
+    run_experiment(cfg, reuse=args.command != "run" and not args.force and not tune, force=args.force or tune,
+                   tune=tune)
 
 
 def _data(args: argparse.Namespace) -> None:

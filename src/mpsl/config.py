@@ -147,6 +147,17 @@ class FLConfig:
 
 
 @dataclass(frozen=True)
+class TuneConfig:
+    """`mpsl compare --tune`: the grid each method is trained over, with the same epoch/round budget, picking
+    the setting with the best final validation score (data.val_size must hold out a validation split)."""
+
+    # factors on the configured learning rates: split methods try every pair (server x client); FedAvg and
+    # centralized scale both together (one whole model)
+    lr_factors: tuple[float, ...] = (0.1, 1.0, 10.0)
+    local_epochs: tuple[int, ...] = (1, 2)  # FedAvg, FedAvg-adapter: fl.local_epochs tried with every rate
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     """Where and how this process computes; results do not depend on it beyond float rounding."""
 
@@ -223,6 +234,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     fl: FLConfig = field(default_factory=FLConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
@@ -449,6 +461,10 @@ def validate(cfg: Config) -> None:
     _require(tr.lr_step >= 1, "train.lr_step", "must be at least 1")
     _require(0 < tr.lr_gamma <= 1, "train.lr_gamma", "must be in (0, 1]")
     _require(cfg.eval.batch_size >= 1, "eval.batch_size", "must be at least 1")
+    _require(len(cfg.tune.lr_factors) >= 1 and min(cfg.tune.lr_factors) > 0, "tune.lr_factors",
+             f"must list positive factors, got {list(cfg.tune.lr_factors)}")
+    _require(len(cfg.tune.local_epochs) >= 1 and min(cfg.tune.local_epochs) >= 1, "tune.local_epochs",
+             f"must list epochs of at least 1, got {list(cfg.tune.local_epochs)}")
     _require(cfg.fl.local_epochs >= 1, "fl.local_epochs", f"must be at least 1, got {cfg.fl.local_epochs}")
     _require(cfg.runtime.prefetch >= 0, "runtime.prefetch", f"must be 0 or more, got {cfg.runtime.prefetch}")
     _require(DEVICE_PATTERN.fullmatch(cfg.runtime.device) is not None, "runtime.device",

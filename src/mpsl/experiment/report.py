@@ -137,6 +137,12 @@ def compare_markdown(title: str, results: Results) -> str:
             notes.append(f"{r.method}: {partial} of {r.num_clients} clients hold only some modalities "
                          f"(partition.missing_fraction).")
     for r in results:
+        if r.tuning is not None:
+            t = r.tuning
+            kept = ", ".join(f"{k}={v:g}" for k, v in t.trials[t.chosen].overrides.items())
+            notes.append(f"{r.method}: tuned over {len(t.trials)} settings (same budget) by final {t.metric}; "
+                         f"kept {kept} ({_pct(t.trials[t.chosen].val)} %).")
+    for r in results:
         if r.personalized_mean is not None:
             notes.append(f"{r.method}: the clients' own, never-averaged models reach "
                          f"{_pct(r.personalized_mean)} % {_score_label(r.metric)} on average.")

@@ -97,6 +97,23 @@ class Cost:
 
 
 @dataclass(frozen=True)
+class Trial:
+    """One setting of a tuning grid and the final validation score it reached."""
+
+    overrides: dict[str, float]  # dotted config keys -> values
+    val: float
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The grid `--tune` trained this method over, each with the same budget, and which one was kept."""
+
+    metric: str  # the validation key compared, e.g. val_accuracy
+    trials: tuple[Trial, ...]
+    chosen: int  # index into trials: the best score (the first of equals)
+
+
+@dataclass(frozen=True)
 class Versions:
     mpsl: str
     torch: str
@@ -128,6 +145,7 @@ class RunResult:
     client_batch_size: int
     wall_seconds: float
     versions: Versions
+    tuning: Tuning | None = None  # set when this result was picked by --tune
     schema_version: int = SCHEMA_VERSION
 
     @property

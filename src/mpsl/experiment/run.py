@@ -216,17 +216,19 @@ def check_names(cfg: Config) -> None:
                               "(pip install 'mpsl[tensorboard]')") from None
 
 
-def run_experiment(cfg: Config, reuse: bool = False, force: bool = False) -> list[RunResult]:
+def run_experiment(cfg: Config, reuse: bool = False, force: bool = False, tune: bool = False) -> list[RunResult]:
     """Every method in cfg.methods on the same data and seed, then the comparison reports.
 
     Writes runs/<name>/config.yaml (the resolved config), runs/<name>/<method>/{results.json,
     client.safetensors, server.safetensors} and the reports of experiment.report. With `reuse`, a method
     whose results exist for the same settings is not trained again; without it, a run folder that
-    already holds something is refused unless `force`.
+    already holds something is refused unless `force`. With `tune`, each method is trained over its grid
+    and the validation-best setting kept (experiment.tune); nothing is reused then.
     """
     from mpsl.analysis.scaling import scaling_table
     from mpsl.data import load_dataset
     from mpsl.experiment.report import write_reports
+    from mpsl.experiment.tune import tune_method
 
     check_names(cfg)
     run_dir = Path(cfg.out_dir) / cfg.name
@@ -236,6 +238,9 @@ def run_experiment(cfg: Config, reuse: bool = False, force: bool = False) -> lis
     dataset = load_dataset(cfg.data, cfg.progress)
     results = []
     for name in cfg.methods:
+        if tune:
+            results.append(tune_method(cfg, dataset, name, run_dir, run_method))
+            continue
         saved = reusable(cfg, name, run_dir / name) if reuse else None
         results.append(saved if saved is not None else run_method(cfg, dataset, name, run_dir / name))
     mean_samples = len(dataset.train) / cfg.num_clients

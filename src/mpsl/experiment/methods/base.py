@@ -70,6 +70,12 @@ class Method(ABC):
         """The config this method really trains with (e.g. fedavg-adapter freezes the encoder)."""
         return cfg
 
+    @classmethod
+    def grid(cls, cfg: Config) -> list[dict[str, Any]]:
+        """The settings `--tune` tries (dotted overrides): one whole model, so both rates scale together."""
+        return [{"train.server_lr": cfg.train.server_lr * f, "train.client_lr": cfg.train.client_lr * f}
+                for f in cfg.tune.lr_factors]
+
     clients: Sequence[Any]  # each has .data and .batch_size; methods without clients override the three below
 
     @property

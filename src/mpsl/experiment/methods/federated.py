@@ -76,6 +76,11 @@ class FedAvg(Method):
     round_word = "round"
     client_runs_encoder = True
 
+    @classmethod
+    def grid(cls, cfg: Config) -> list[dict[str, Any]]:
+        """Each rate with each number of local epochs per round."""
+        return [{**rates, "fl.local_epochs": e} for rates in super().grid(cfg) for e in cfg.tune.local_epochs]
+
     def __init__(self, cfg: Config, dataset: Dataset) -> None:
         super().__init__(cfg, dataset)
         self.model = whole_model(self)  # the global model

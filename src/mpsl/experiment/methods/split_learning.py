@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from mpsl.config import Config, client_batch_sizes
 from mpsl.data import Dataset
@@ -26,6 +27,13 @@ from mpsl.runtime import InProcessHandle, Traffic, carry
 from mpsl.runtime.batched import BatchedClients, unsupported
 
 
+def _split_grid(cfg: Config) -> list[dict[str, Any]]:
+    """Two parties, two optimizers: every (server rate, client rate) pair."""
+    factors = cfg.tune.lr_factors
+    return [{"train.server_lr": cfg.train.server_lr * fs, "train.client_lr": cfg.train.client_lr * fc}
+            for fs in factors for fc in factors]
+
+
 def _clients(method: Method, optimizers: bool = True) -> list[SplitClient]:
     shards = client_shards(method.cfg, method.dataset)
     batches = client_batch_sizes(method.cfg, [len(s) for s in shards])
@@ -38,6 +46,7 @@ class Mpsl(Method):
     """Multimodal Parallel Split Learning: client tokenizers, one shared server encoder."""
 
     name = "mpsl"
+    grid = staticmethod(_split_grid)
 
     def __init__(self, cfg: Config, dataset: Dataset) -> None:
         super().__init__(cfg, dataset)
@@ -91,6 +100,7 @@ class SplitFed(Method):
     """SplitFed v1: a server-side model copy per client, both sides FedAvg-ed after every round."""
 
     name = "splitfed"
+    grid = staticmethod(_split_grid)
     schedule = "pairs"
     round_word = "round"
 

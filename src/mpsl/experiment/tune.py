@@ -1,0 +1,54 @@
+"""`mpsl compare --tune`: each method trained over its declared grid with the same budget, the setting with the
+best final validation score kept, and the grid with every score recorded in its results.json.
+
+Only the validation split (data.val_size) is read to choose; the test split of every trial is evaluated as
+usual but never compared. The trials stay in runs/<name>/tuning/<method>/trial-<i>/; the chosen one is copied
+to runs/<name>/<method>/, where the comparison reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from mpsl.config import Config
+from mpsl.data import Dataset
+from mpsl.errors import ConfigError
+from mpsl.experiment.methods import METHODS
+from mpsl.experiment.results import RESULTS_FILE, RunResult, Trial, Tuning
+
+Train = Callable[[Config, Dataset, str, Path], RunResult]  # experiment.run.run_method
+
+
+def choose(metric: str, results: list[RunResult]) -> int:
+    """The trial with the best final validation score; the first of equals."""
+    scores = [r.history[-1].val[metric] for r in results]
+    return max(range(len(scores)), key=scores.__getitem__)
+
+
+def tune_method(cfg: Config, dataset: Dataset, name: str, run_dir: Path, train: Train) -> RunResult:
+    """Train `name` over its grid with `train`, keep the validation-best, and return its result with the tuning
+    recorded."""
+    if dataset.val is None:
+        raise ConfigError("--tune chooses by validation: set data.val_size (training samples held out, e.g. "
+                          "data.val_size=500)")
+    grid = METHODS.get(name).grid(cfg)
+    trials_dir = run_dir / "tuning" / name
+    results = []
+    for i, overrides in enumerate(grid):
+        shown = ", ".join(f"{k}={v:g}" for k, v in overrides.items())
+        print(f"{name}: tuning {i + 1}/{len(grid)}: {shown}", flush=True)
+        results.append(train(cfg.replace(**overrides), dataset, name, trials_dir / f"trial-{i}"))
+    metric = f"val_{results[0].metric.removeprefix('test_')}"
+    best = choose(metric, results)
+    tuning = Tuning(metric, tuple(Trial({k: float(v) for k, v in o.items()}, r.history[-1].val[metric])
+                                  for o, r in zip(grid, results, strict=True)), best)
+    chosen = dataclasses.replace(results[best], tuning=tuning)
+    out = run_dir / name
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(trials_dir / f"trial-{best}", out)
+    chosen.save(out / RESULTS_FILE)
+    return chosen
