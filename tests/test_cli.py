@@ -353,3 +353,24 @@ def test_compare_tune_trains_the_grid_and_reports_the_kept_setting(tmp_path: Pat
     kept = saved.tuning.trials[saved.tuning.chosen]
     assert kept.val == max(t.val for t in saved.tuning.trials) == saved.history[-1].val["val_accuracy"]
     assert "centralized: tuned over 2 settings" in (run / "compare.md").read_text()
+
+
+def test_compare_seeds_trains_once_per_seed_and_report_redoes_the_summary(tmp_path: Path) -> None:
+    # Prepare
+    config = tmp_path / "tiny.yaml"
+    config.write_text("name: seeded\nseed: 7\n")
+
+    # Execute
+    proc = _mpsl("compare", str(config), *TINY, f"out_dir={tmp_path}", "--seeds", "2", "--methods", "centralized",
+                 cwd=tmp_path)
+    run = tmp_path / "seeded"
+    summary = (run / "compare.md").read_text()
+    (run / "compare.md").unlink()
+    redo = _mpsl("report", str(run), cwd=tmp_path)
+
+    # Assert: two complete run folders, a summary over both, redone byte for byte from the saved results
+    assert proc.returncode == 0 and redo.returncode == 0, proc.stderr + redo.stderr
+    seeds = [RunResult.load(run / f"seed-{s}" / "centralized" / "results.json") for s in (7, 8)]
+    assert [r.seed for r in seeds] == [7, 8]
+    assert "(mean ± std)" in summary and "| seed 7 | seed 8 |" in summary
+    assert (run / "compare.md").read_text() == summary

@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("config", help=CONFIG_HELP)
     compare.add_argument("overrides", nargs="*", metavar="key=value")
     compare.add_argument("--methods", help="comma-separated, e.g. mpsl,fedavg,centralized (default: the config's)")
+    compare.add_argument("--seeds", type=int, default=1, help="train the whole comparison this many times (seed, "
+                         "seed + 1, ...) and report mean ± std (default 1)")
     compare.add_argument("--tune", action="store_true", help="train each method over its grid (tune.*) with the same "
                          "budget and keep the best on the validation split (needs data.val_size)")
 
@@ -169,9 +171,11 @@ def _run(args: argparse.Namespace) -> None:
     if getattr(args, "methods", None):
         overrides.append(f"methods=[{args.methods}]")
     cfg = load_config(DEMO_CONFIG if args.command == "demo" else args.config, overrides)
-    tune = getattr(args, "tune", False)
+    tune, seeds = getattr(args, "tune", False), getattr(args, "seeds", 1)
+    if seeds < 1:
+        raise MpslError(f"--seeds {seeds}: must be at least 1")
     run_experiment(cfg, reuse=args.command != "run" and not args.force and not tune, force=args.force or tune,
-                   tune=tune)
+                   tune=tune, seeds=seeds)
 
 
 def _data(args: argparse.Namespace) -> None:
@@ -222,10 +226,17 @@ def _report(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from mpsl.experiment.report import write_reports
-    from mpsl.experiment.run import load_results, load_scaling
+    from mpsl.experiment.run import load_results, load_scaling, load_seeds
+    from mpsl.experiment.seeded import write_seeded_reports
 
     run_dir = Path(args.run_dir)
-    write_reports(run_dir, load_results(run_dir), load_scaling(run_dir))
+    by_seed = load_seeds(run_dir)
+    if by_seed is None:
+        write_reports(run_dir, load_results(run_dir), load_scaling(run_dir))
+        return
+    for seed, results in by_seed.items():
+        write_reports(run_dir / f"seed-{seed}", results, load_scaling(run_dir / f"seed-{seed}"))
+    write_seeded_reports(run_dir, by_seed)
 
 
 def _eval(args: argparse.Namespace) -> None:

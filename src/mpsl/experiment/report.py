@@ -53,7 +53,7 @@ def simulated_seconds(r: RunResult, network: str = NETWORK, server_tflops: float
     return [per_round * (e + 1) for e in range(len(r.history))]
 
 
-def _pct(value: float | None) -> str:
+def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
@@ -67,7 +67,7 @@ def _score_keys(results: Results) -> list[str]:
     return [k for k in final if k.startswith("test_") and not k.endswith("_only") and "personalized" not in k]
 
 
-def _score_label(key: str) -> str:
+def score_label(key: str) -> str:
     """test_accuracy -> 'test acc', test_i2t_r5 -> 'i2t R@5', test_recall_mean -> 'mean R@K'."""
     name = key.removeprefix("test_")
     if name == "accuracy":
@@ -108,11 +108,11 @@ def compare_table(results: Results) -> str:
     """Markdown table, one row per method; single-modality columns appear when the task has them."""
     ablations = [k.removeprefix("test_") for k in _ablation_keys(results)]
     scores = _score_keys(results)
-    header = ["method", "clients", *[_score_label(k) + " %" for k in scores],
+    header = ["method", "clients", *[score_label(k) + " %" for k in scores],
               *[a.removeprefix("accuracy_").replace("_", "-") + " %" for a in ablations],
               "client GFLOP/sample", "client trainable", "client memory MB", "MB up/client", "MB down/client",
               "wall s", f"simulated min ({NETWORK})"]
-    body = [[row["method"], str(row["clients"]), *[_pct(row[k]) for k in scores], *[_pct(row[a]) for a in ablations],
+    body = [[row["method"], str(row["clients"]), *[pct(row[k]) for k in scores], *[pct(row[a]) for a in ablations],
              f"{row['client_gflop_per_sample']:.3g}", _count(row["client_trainable_params"]),
              f"{row['client_memory_mb']:.3g}", f"{row['mb_up_per_client']:.1f}", f"{row['mb_down_per_client']:.1f}",
              f"{row['wall_seconds']:.0f}", f"{row[f'simulated_seconds_{NETWORK}'] / 60:.3g}"] for row in _rows(results)]
@@ -141,11 +141,11 @@ def compare_markdown(title: str, results: Results) -> str:
             t = r.tuning
             kept = ", ".join(f"{k}={v:g}" for k, v in t.trials[t.chosen].overrides.items())
             notes.append(f"{r.method}: tuned over {len(t.trials)} settings (same budget) by final {t.metric}; "
-                         f"kept {kept} ({_pct(t.trials[t.chosen].val)} %).")
+                         f"kept {kept} ({pct(t.trials[t.chosen].val)} %).")
     for r in results:
         if r.personalized_mean is not None:
             notes.append(f"{r.method}: the clients' own, never-averaged models reach "
-                         f"{_pct(r.personalized_mean)} % {_score_label(r.metric)} on average.")
+                         f"{pct(r.personalized_mean)} % {score_label(r.metric)} on average.")
     notes.append("Client GFLOP/sample: forward + backward of what runs on a client, per training sample "
                  "(FlopCounterMode). Client memory: parameters + Adam state + saved activations of one "
                  "client mini-batch. MB up/down: bytes per client over the whole run, as encoded on the wire.")
@@ -168,7 +168,7 @@ def compare_csv(results: Results) -> str:
     return out.getvalue()
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -183,7 +183,7 @@ def _label(r: RunResult) -> str:
 
 def accuracy_plot(results: Results, path: Path, title: str) -> Path:
     """The headline test score (accuracy, or mean Recall@K) after every epoch (FL: round), one line per method."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for r in results:
         epochs = [h.epoch for h in r.history]
@@ -191,7 +191,7 @@ def accuracy_plot(results: Results, path: Path, title: str) -> Path:
         ax.plot(epochs, acc, marker="o", label=_label(r), color=COLORS.get(r.method))
     ax.set_xlabel("epoch (FL: round)")
     ax.set_ylabel("test accuracy (%)" if results[0].metric == "test_accuracy"
-                  else f"test {_score_label(results[0].metric)} (%)")
+                  else f"test {score_label(results[0].metric)} (%)")
     ax.set_title(title)
     ax.set_xticks(sorted({h.epoch for r in results for h in r.history}))
     ax.grid(alpha=0.3)
@@ -204,14 +204,14 @@ def accuracy_plot(results: Results, path: Path, title: str) -> Path:
 
 def time_to_accuracy_plot(results: Results, path: Path, title: str) -> Path:
     """The headline metric after each round against simulated time on the default network."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:
         minutes = [t / 60 for t in simulated_seconds(r)]
         ax.plot(minutes, [100 * h.test[r.metric] for h in r.history], marker="o", label=_label(r),
                 color=COLORS.get(r.method))
     ax.set_xlabel(f"simulated minutes ({NETWORK} network, server {SERVER_TFLOPS:g} TFLOP/s)")
-    ax.set_ylabel(f"{_score_label(results[0].metric)} %")
+    ax.set_ylabel(f"{score_label(results[0].metric)} %")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -223,7 +223,7 @@ def time_to_accuracy_plot(results: Results, path: Path, title: str) -> Path:
 
 def compute_plot(results: Results, path: Path, title: str) -> Path:
     """Client FLOPs per training sample, log scale, with how many times less than the whole model."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 0.6 * len(results) + 1.6), dpi=120)
     names = [r.method for r in results]
     flops = [r.cost.flops.client_per_sample / 1e6 for r in results]
@@ -249,7 +249,7 @@ def compute_plot(results: Results, path: Path, title: str) -> Path:
 def communication_plot(results: Results, scaling: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
     """Per-client traffic vs encoder size: MPSL per epoch and FedAvg per round, over the backbone presets
     (computed from shapes) with this run's measured values on top."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     table = sorted(scaling, key=lambda s: s["encoder_parameters"])
     if table:
@@ -289,7 +289,7 @@ def write_reports(run_dir: Path, results: Results, scaling: Sequence[dict[str, A
     samples = sum(first.samples_per_client) / first.config.num_clients
     written = [
         run_dir / "compare.md", run_dir / "compare.csv",
-        accuracy_plot(results, run_dir / "accuracy.png", f"{setup}: {_score_label(first.metric)}"),
+        accuracy_plot(results, run_dir / "accuracy.png", f"{setup}: {score_label(first.metric)}"),
         time_to_accuracy_plot(results, run_dir / "time_to_accuracy.png", f"{setup}: time to accuracy"),
         compute_plot(results, run_dir / "client_compute.png", "Compute on one client per training sample"),
         communication_plot(results, scaling, run_dir / "communication.png",

@@ -216,14 +216,17 @@ def check_names(cfg: Config) -> None:
                               "(pip install 'mpsl[tensorboard]')") from None
 
 
-def run_experiment(cfg: Config, reuse: bool = False, force: bool = False, tune: bool = False) -> list[RunResult]:
+def run_experiment(cfg: Config, reuse: bool = False, force: bool = False, tune: bool = False,
+                   seeds: int = 1) -> list[RunResult]:
     """Every method in cfg.methods on the same data and seed, then the comparison reports.
 
     Writes runs/<name>/config.yaml (the resolved config), runs/<name>/<method>/{results.json,
     client.safetensors, server.safetensors} and the reports of experiment.report. With `reuse`, a method
     whose results exist for the same settings is not trained again; without it, a run folder that
     already holds something is refused unless `force`. With `tune`, each method is trained over its grid
-    and the validation-best setting kept (experiment.tune); nothing is reused then.
+    and the validation-best setting kept (experiment.tune); nothing is reused then. With `seeds` > 1, the
+    whole comparison runs once per seed (cfg.seed, cfg.seed + 1, ...) in runs/<name>/seed-<s>/ and
+    experiment.seeded summarizes them in runs/<name>/; every seed's results are returned, seed by seed.
     """
     from mpsl.analysis.scaling import scaling_table
     from mpsl.data import load_dataset
@@ -235,6 +238,8 @@ def run_experiment(cfg: Config, reuse: bool = False, force: bool = False, tune: 
     if not reuse and not force and run_dir.is_dir() and any(run_dir.iterdir()):
         raise MpslError(f"{run_dir} already holds a run: pass --force to overwrite it, name=... to keep both, or "
                         "use `mpsl compare` to reuse the methods that finished with the same settings")
+    if seeds > 1:
+        return _run_seeds(cfg, run_dir, reuse, force, tune, seeds)
     dataset = load_dataset(cfg.data, cfg.progress)
     results = []
     for name in cfg.methods:
@@ -249,6 +254,29 @@ def run_experiment(cfg: Config, reuse: bool = False, force: bool = False, tune: 
                                            "scaling": scaling_table(cfg, dataset.spec, mean_samples)})
     write_reports(run_dir, results, load_scaling(run_dir))
     return results
+
+
+def _run_seeds(cfg: Config, run_dir: Path, reuse: bool, force: bool, tune: bool, seeds: int) -> list[RunResult]:
+    from mpsl.experiment.seeded import write_seeded_reports
+
+    by_seed = {}
+    for seed in range(cfg.seed, cfg.seed + seeds):
+        print(f"seed {seed} ({seed - cfg.seed + 1} of {seeds})", flush=True)
+        by_seed[seed] = run_experiment(cfg.replace(seed=seed, name=f"seed-{seed}", out_dir=str(run_dir)),
+                                       reuse, force, tune)
+    write_atomically(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
+    write_json(run_dir / EXPERIMENT_FILE, {"methods": list(cfg.methods), "seeds": sorted(by_seed)})
+    write_seeded_reports(run_dir, by_seed)
+    return [r for seed in sorted(by_seed) for r in by_seed[seed]]
+
+
+def load_seeds(run_dir: Path) -> dict[int, list[RunResult]] | None:
+    """Each seed's results of a run folder made with --seeds, or None for a single-seed folder."""
+    path = run_dir / EXPERIMENT_FILE
+    seeds = read_json(path).get("seeds") if path.is_file() else None
+    if seeds is None:
+        return None
+    return {int(s): load_results(run_dir / f"seed-{s}") for s in seeds}
 
 
 def load_scaling(run_dir: Path) -> list[dict[str, Any]]:
