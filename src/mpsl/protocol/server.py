@@ -10,11 +10,13 @@ import torch
 from mpsl.devices import autocast, grad_scaler, module_device, to_device
 from mpsl.models.split import ServerModel
 from mpsl.protocol.state import load_training_state, training_state
+from mpsl.protocol.world import World
 
 
 class SplitServer:
     """`precision` runs the encoder under autocast; fp16 adds a gradient scaler. Every tensor that leaves
-    the server (features, cut-layer gradients) is fp32 and unscaled."""
+    the server (features, cut-layer gradients) is fp32 and unscaled. With `world` this is one of several server
+    replicas (mpsl.protocol.world): every replica sums its gradients with the others' before the same step."""
 
     def __init__(
         self,
@@ -22,8 +24,10 @@ class SplitServer:
         optimizer: torch.optim.Optimizer | None,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
         precision: str = "fp32",
+        world: World | None = None,
     ) -> None:
         self.model = model
+        self.world = world
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.precision = precision
@@ -48,15 +52,22 @@ class SplitServer:
         """
         grads = [g.to(o.device, non_blocking=True) for o, g in zip(outputs, grads, strict=True)]
         if self.scaler is None:
-            torch.autograd.backward(outputs, grads)
+            if outputs:  # a replica whose clients all sat this step out has no forward, only the sum below
+                torch.autograd.backward(outputs, grads)
+            self._sum_over_replicas()
             if self.optimizer is not None:
                 self.optimizer.step()
         else:
-            torch.autograd.backward(outputs, [self.scaler.scale(g) for g in grads])
+            if outputs:
+                torch.autograd.backward(outputs, [self.scaler.scale(g) for g in grads])
+            self._sum_over_replicas()
             scale = self.scaler.get_scale()
             params = [g for g in (*(p.grad for p in self.model.parameters()), *(t.grad for t in inputs))
                       if g is not None]
-            if all(torch.isfinite(g).all() for g in params):
+            finite = all(torch.isfinite(g).all() for g in params)
+            if self.world is not None:  # an overflow on any replica (its clients' gradients too) skips every one
+                finite = self.world.sum([0.0 if finite else 1.0])[0] == 0
+            if finite:
                 for t in inputs:
                     t.grad.div_(scale)
                 self.scaler.step(self.optimizer)
@@ -66,6 +77,10 @@ class SplitServer:
                     t.grad.zero_()
                 self.scaler.update(scale * self.scaler.get_backoff_factor())
         self.model.zero_grad(set_to_none=True)
+
+    def _sum_over_replicas(self) -> None:
+        if self.world is not None:
+            self.world.sum_grads([p for p in self.model.parameters() if p.requires_grad])
 
     def end_epoch(self) -> None:
         if self.scheduler is not None:

@@ -11,6 +11,10 @@ gradients summed before the one server step.
 A client that becomes unavailable after sending its tokens is dropped from the step: its rows get
 no gradient and the others' shares are renormalized to b_k / B' over the B' samples that remain,
 so the update is exactly the step the remaining clients would have taken alone.
+
+With server replicas (`server.world`, torch.distributed) each rank runs this step for its own clients: B, B'
+and the loss are summed over ranks, the encoder's gradients are summed before the one identical optimizer
+step, and a rank left without clients still joins both sums, so the ranks together take the one-process step.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from mpsl.protocol.group import ClientGroup, MapFn, as_group
 from mpsl.protocol.handle import ClientHandle
 from mpsl.protocol.messages import CutGrad, FeatureGrad, Features, Tokens, fits_modalities
 from mpsl.protocol.server import SplitServer
+from mpsl.protocol.world import World
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class StepResult:
     correct: int
     count: int
     dropped: list[int] = field(default_factory=list)  # unavailable at some point of the step
+    # with server replicas, the ids, sizes and drops are this rank's clients; loss, correct, count cover all ranks
 
     @property
     def stepped(self) -> bool:
@@ -58,6 +64,11 @@ def _group_by_modalities(ids: list[int], sent: list[Tokens], modalities: list[st
     return list(groups.values())
 
 
+def _totals(world: World | None, *values: float) -> list[float]:
+    """The values summed over server replicas; as they are (ints stay ints) without replicas."""
+    return list(values) if world is None else world.sum(values)
+
+
 def mpsl_step(server: SplitServer, clients: ClientGroup | Sequence[ClientHandle], step: int,
               fan_out: MapFn | None = None) -> StepResult | None:
     """One global step over every client that offers a batch; None when no client offers one.
@@ -66,15 +77,16 @@ def mpsl_step(server: SplitServer, clients: ClientGroup | Sequence[ClientHandle]
     lets a network runtime talk to clients concurrently); the math does not change.
     """
     group = as_group(clients, fan_out)
+    world = server.world
     offers = group.embed(step)  # client id -> Tokens | None | ClientUnavailable, in the group's order
     ids = [cid for cid, t in offers.items() if isinstance(t, Tokens)]  # arrival order
     sent: list[Tokens] = [offers[cid] for cid in ids]  # type: ignore[misc]
     unavailable = [cid for cid, t in offers.items() if isinstance(t, ClientUnavailable)]
-    if not ids:
-        return None if not unavailable else StepResult([], [], 0.0, 0, 0, unavailable)
-    groups = _group_by_modalities(ids, sent, server.model.modalities)
     sizes = [msg.batch_size for msg in sent]
-    total = sum(sizes)
+    arrived, missing, total = _totals(world, len(ids), len(unavailable), sum(sizes))  # over every replica
+    if not arrived:
+        return None if not missing else StepResult([], [], 0.0, 0, 0, unavailable)
+    groups = _group_by_modalities(ids, sent, server.model.modalities) if ids else []
 
     # one forward per set of modalities held (a single one unless some clients lack a modality)
     forwards: list[tuple[list[int], dict[str, torch.Tensor], torch.Tensor]] = []
@@ -86,21 +98,27 @@ def mpsl_step(server: SplitServer, clients: ClientGroup | Sequence[ClientHandle]
         for k, out in zip(members, outputs.split([sizes[k] for k in members]), strict=True):  # [b_k, ...]
             down[k] = Features(step, out.detach(), sizes[k] / total)
         forwards.append((members, tokens, outputs))
-    answers = group.features({cid: d for cid, d in zip(ids, down, strict=True)})
+    answers = group.features({cid: d for cid, d in zip(ids, down, strict=True)}) if ids else {}
     replies = [answers[cid] for cid in ids]
     kept = [k for k, r in enumerate(replies) if isinstance(r, FeatureGrad)]
     dropped = unavailable + [ids[k] for k, r in enumerate(replies) if not isinstance(r, FeatureGrad)]
-    if not kept:
-        return StepResult([], [], 0.0, 0, 0, dropped)
     for k in kept:
         if replies[k].grad.shape != down[k].features.shape:
             raise ProtocolError(f"client {ids[k]}: gradient shape {tuple(replies[k].grad.shape)}, "
                                 f"features were {tuple(down[k].features.shape)}")
-    remaining = sum(sizes[k] for k in kept)
+    if world is None:
+        remaining = sum(sizes[k] for k in kept)
+    else:  # B' and the step's loss and hits, over every replica, in one sum
+        remaining, loss_sum, correct, count = world.sum([
+            sum(sizes[k] for k in kept), sum(sizes[k] * replies[k].loss for k in kept),
+            sum(replies[k].correct for k in kept), sum(replies[k].count for k in kept)])
+    if not remaining:
+        return StepResult([], [], 0.0, 0, 0, dropped)
     rescale = total / remaining  # b_k / B -> b_k / B' for the clients that answered (1 when none dropped out)
     grads = [(replies[k].grad if rescale == 1 else replies[k].grad * rescale) if isinstance(replies[k], FeatureGrad)
              else torch.zeros_like(down[k].features) for k in range(len(ids))]
-    # each reply already carries its weight, so the concatenation is dL/d outputs of each forward
+    # each reply already carries its weight, so the concatenation is dL/d outputs of each forward; a replica
+    # without clients in this step passes no forward but still joins the gradient sum
     server.backward_and_step([outputs for _, _, outputs in forwards],
                              [torch.cat([grads[k] for k in members]) for members, _, _ in forwards],  # [B_g, ...]
                              [t for _, tokens, _ in forwards for t in tokens.values()])
@@ -110,13 +128,18 @@ def mpsl_step(server: SplitServer, clients: ClientGroup | Sequence[ClientHandle]
         slices = {m: t.grad.split([sizes[k] for k in members]) for m, t in tokens.items()}
         for i, k in enumerate(members):
             cut[k] = {m: slices[m][i] for m in tokens}
-    acks = group.cut_grad({ids[k]: CutGrad(step, cut[k], sizes[k] / remaining) for k in kept})
+    acks = group.cut_grad({ids[k]: CutGrad(step, cut[k], sizes[k] / remaining) for k in kept}) if kept else {}
     late = [cid for cid, ack in acks.items() if isinstance(ack, ClientUnavailable)]
+    if world is None:
+        loss = sum(sizes[k] / remaining * replies[k].loss for k in kept)
+        correct, count = sum(replies[k].correct for k in kept), sum(replies[k].count for k in kept)
+    else:
+        loss = loss_sum / remaining
     return StepResult(
         client_ids=[ids[k] for k in kept],
         batch_sizes=[sizes[k] for k in kept],
-        loss=sum(sizes[k] / remaining * replies[k].loss for k in kept),
-        correct=sum(replies[k].correct for k in kept),
-        count=sum(replies[k].count for k in kept),
+        loss=loss,
+        correct=int(correct),
+        count=int(count),
         dropped=dropped + late,
     )
