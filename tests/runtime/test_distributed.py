@@ -5,6 +5,7 @@ setups that cannot work are refused with one clear error."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from mpsl.config import Config
 from mpsl.data import load_dataset
 from mpsl.errors import ClientUnavailable, ConfigError
 from mpsl.experiment.methods.split_learning import Mpsl
+from mpsl.experiment.results import RESULTS_FILE
+from mpsl.experiment.run import run_experiment
 from mpsl.protocol import ClientGroup, CutGrad, FeatureGrad, Features, mpsl_step
 from mpsl.runtime.distributed import (
     TorchWorld,
@@ -85,6 +88,10 @@ def _train(cfg: Config, drop: tuple[int, int] | None, world: TorchWorld | None) 
             "seen": [c.samples_seen for c in method.clients], "traffic": [t.up + t.down for t in method.traffic()]}
 
 
+def _run_config(out_dir: str) -> Config:
+    return tiny_config("methods=[mpsl]", f"out_dir={out_dir}", "name=run", "eval.ablations=false")
+
+
 def _replica(rank: int, size: int, init: str, out: str) -> None:
     """One rank: the config check (a mismatch first, then agreement), then every case."""
     torch.set_num_threads(1)
@@ -96,6 +103,7 @@ def _replica(rank: int, size: int, init: str, out: str) -> None:
             torch.save(str(exc), f"{out}/mismatch{rank}.pt")
         check_same_config(world, _config(()))
         torch.save([_train(_config(o), drop, world) for o, drop in CASES], f"{out}/rank{rank}.pt")
+        run_experiment(_run_config(f"{out}/replicas"), world=world)
     finally:
         world.close()
 
@@ -135,6 +143,23 @@ def test_two_gloo_replicas_train_the_weights_of_one_process(tmp_path: Path) -> N
     sizes = {c for c in want[1]["seen"]}
     assert len(sizes) == 3, "the skewed case must give the clients unequal data"
 
+    # ... and `mpsl run` as two replicas wrote, from rank 0 only, the folder one process writes, with its results
+    run_experiment(_run_config(str(tmp_path / "alone")))
+    alone, replicas = tmp_path / "alone" / "run", tmp_path / "replicas" / "run"
+    assert sorted(p.relative_to(alone) for p in alone.rglob("*")) == \
+        sorted(p.relative_to(replicas) for p in replicas.rglob("*"))
+    one, two = (json.loads((d / "mpsl" / RESULTS_FILE).read_text()) for d in (alone, replicas))
+    assert _layout(one) == _layout(two) and one["num_clients"] == two["num_clients"] == 3
+    assert two["final"] == pytest.approx(one["final"], abs=1e-6)
+    assert two["comm"] == pytest.approx(one["comm"], rel=1e-4)
+
+
+def _layout(tree: object, prefix: str = "") -> set[str]:
+    """The dotted keys of a JSON tree."""
+    if isinstance(tree, dict):
+        return {key for k, v in tree.items() for key in _layout(v, f"{prefix}.{k}")}
+    return {prefix}
+
 
 def test_more_replicas_than_clients_are_refused_before_starting() -> None:
     with pytest.raises(ConfigError, match="3 server replicas but num_clients=2"):
@@ -164,3 +189,4 @@ def test_the_grpc_server_under_torchrun_is_one_clear_error(monkeypatch: pytest.M
     code = main(["server", "avdigits", "--listen", "127.0.0.1:0"])
     assert code == 2
     assert "mpsl server runs as one process, but torchrun --nproc-per-node K started 2" in capsys.readouterr().err
+
