@@ -109,12 +109,11 @@ def _replica(rank: int, size: int, init: str, out: str) -> None:
 
 
 def test_two_gloo_replicas_train_the_weights_of_one_process(tmp_path: Path) -> None:
-    # Prepare: the one-process reference of every case
-    torch.manual_seed(0)
+    # Execute: two ranks, and meanwhile (while they start) the one-process reference of every case
+    ranks = mp.spawn(_replica, args=(2, f"file://{tmp_path}/rendezvous", str(tmp_path)), nprocs=2, join=False)
     want = [_train(_config(o), drop, None) for o, drop in CASES]
-
-    # Execute: the same on two ranks
-    mp.spawn(_replica, args=(2, f"file://{tmp_path}/rendezvous", str(tmp_path)), nprocs=2, join=True)
+    while not ranks.join():
+        pass
     got = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
     # Assert: each rank refused a config that differs from rank 0's (on both ranks), and then trained the
