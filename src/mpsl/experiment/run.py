@@ -147,6 +147,8 @@ def run_method(cfg: Config, dataset: Dataset, name: str, out_dir: Path, world: T
     per_client = [headline(c, model.server, dataset.test, method.task, cfg.eval.batch_size) for c in personal]
     if per_client:
         final[f"{metric}_personalized_mean"] = sum(per_client) / len(per_client)
+    if main:
+        save_checkpoint(model, out_dir)
     result = RunResult(
         method=name,
         dataset=dataset.spec.name,
@@ -168,7 +170,6 @@ def run_method(cfg: Config, dataset: Dataset, name: str, out_dir: Path, world: T
         versions=versions(),
     )
     if main:
-        save_checkpoint(model, out_dir)
         result.save(out_dir / RESULTS_FILE)
     return result
 
