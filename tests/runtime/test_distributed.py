@@ -111,9 +111,14 @@ def _replica(rank: int, size: int, init: str, out: str) -> None:
 def test_two_gloo_replicas_train_the_weights_of_one_process(tmp_path: Path) -> None:
     # Execute: two ranks, and meanwhile (while they start) the one-process reference of every case
     ranks = mp.spawn(_replica, args=(2, f"file://{tmp_path}/rendezvous", str(tmp_path)), nprocs=2, join=False)
-    want = [_train(_config(o), drop, None) for o, drop in CASES]
-    while not ranks.join():
-        pass
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # three processes on the machine's cores, one thread each
+    try:
+        want = [_train(_config(o), drop, None) for o, drop in CASES]
+        while not ranks.join():
+            pass
+    finally:
+        torch.set_num_threads(threads)
     got = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
     # Assert: each rank refused a config that differs from rank 0's (on both ranks), and then trained the
@@ -143,7 +148,11 @@ def test_two_gloo_replicas_train_the_weights_of_one_process(tmp_path: Path) -> N
     assert len(sizes) == 3, "the skewed case must give the clients unequal data"
 
     # ... and `mpsl run` as two replicas wrote, from rank 0 only, the folder one process writes, with its results
-    run_experiment(_run_config(str(tmp_path / "alone")))
+    torch.set_num_threads(1)
+    try:
+        run_experiment(_run_config(str(tmp_path / "alone")))
+    finally:
+        torch.set_num_threads(threads)
     alone, replicas = tmp_path / "alone" / "run", tmp_path / "replicas" / "run"
     assert sorted(p.relative_to(alone) for p in alone.rglob("*")) == \
         sorted(p.relative_to(replicas) for p in replicas.rglob("*"))
