@@ -69,6 +69,7 @@ def _config(overrides: tuple[str, ...]) -> Config:
 def _train(cfg: Config, drop: tuple[int, int] | None, world: TorchWorld | None) -> dict[str, object]:
     """Two epochs of Mpsl as its train_round runs them, with the drop; every weight and step result after."""
     method = Mpsl(cfg, load_dataset(cfg.data), world)
+    server_start = [p.detach().clone() for p in method.server.model.parameters()]
     group = method.group if drop is None else _Vanishes(method.group, *drop)
     losses, own_ids = [], []
     for epoch in range(cfg.train.epochs):
@@ -84,7 +85,9 @@ def _train(cfg: Config, drop: tuple[int, int] | None, world: TorchWorld | None) 
     weights = {f"server.{n}": p for n, p in method.server.model.named_parameters()}
     for c in method.clients:
         weights |= {f"client{c.client_id}.{n}": p for n, p in c.model.named_parameters()}
-    return {"weights": {n: p.detach().clone() for n, p in weights.items()}, "steps": losses, "ids": own_ids,
+    moved = any(not torch.equal(a, p) for a, p in zip(server_start, method.server.model.parameters(), strict=True))
+    return {"weights": {n: p.detach().clone() for n, p in weights.items()}, "moved": moved, "steps": losses,
+            "ids": own_ids,
             "seen": [c.samples_seen for c in method.clients], "traffic": [t.up + t.down for t in method.traffic()]}
 
 
@@ -144,8 +147,8 @@ def test_two_gloo_replicas_train_the_weights_of_one_process(tmp_path: Path) -> N
             assert run["traffic"] == pytest.approx(reference["traffic"], rel=1e-4)
     dropped = [d for _, d in want[0]["ids"] if d]
     assert dropped == [[1]], "the drop must have happened once, or the first case tests nothing"
-    sizes = {c for c in want[1]["seen"]}
-    assert len(sizes) == 3, "the skewed case must give the clients unequal data"
+    assert len(set(want[1]["seen"])) == 3, "the skewed case must give the clients unequal data"
+    assert all(reference["moved"] for reference in want), "the server must train, or equal weights prove nothing"
 
     # ... and `mpsl run` as two replicas wrote, from rank 0 only, the folder one process writes, with its results
     torch.set_num_threads(1)
