@@ -4,6 +4,8 @@ list`."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 from typing import TYPE_CHECKING
 
@@ -165,6 +167,7 @@ def _import_plugins(modules: list[str]) -> None:
 def _run(args: argparse.Namespace) -> None:
     from mpsl.config import DEMO_CONFIG, load_config
     from mpsl.experiment.run import run_experiment
+    from mpsl.runtime.distributed import join
 
     _import_plugins(args.imports)
     overrides = list(args.overrides)
@@ -174,8 +177,19 @@ def _run(args: argparse.Namespace) -> None:
     tune, seeds = getattr(args, "tune", False), getattr(args, "seeds", 1)
     if seeds < 1:
         raise MpslError(f"--seeds {seeds}: must be at least 1")
-    run_experiment(cfg, reuse=args.command != "run" and not args.force and not tune, force=args.force or tune,
-                   tune=tune, seeds=seeds)
+    world = join(cfg)  # under torchrun: this process is one of K server replicas (README: Scaling out)
+    try:
+        with _quiet_unless(world is None or world.is_main):
+            run_experiment(cfg, reuse=args.command != "run" and not args.force and not tune,
+                           force=args.force or tune, tune=tune, seeds=seeds, world=world)
+    finally:
+        if world is not None:
+            world.close()
+
+
+def _quiet_unless(main: bool) -> contextlib.AbstractContextManager:
+    """Replicas other than rank 0 print nothing (errors still reach stderr)."""
+    return contextlib.nullcontext() if main else contextlib.redirect_stdout(io.StringIO())
 
 
 def _data(args: argparse.Namespace) -> None:
@@ -261,9 +275,11 @@ def _export(args: argparse.Namespace) -> None:
 def _server(args: argparse.Namespace) -> None:
     from mpsl.config import load_config
     from mpsl.deploy.server_app import serve
+    from mpsl.runtime.distributed import refuse_replicas
 
     _import_plugins(args.imports)
     cfg = load_config(args.config, args.overrides)
+    refuse_replicas("mpsl server")
     serve(cfg, args.listen, args.resume, args.tokens, _cert_and_key(args), args.tls_client_ca, args.public_status,
           args.log_format)
 

@@ -168,6 +168,9 @@ class RuntimeConfig:
     # one multi-tensor Adam), bytes counted from shapes; loop: one SplitClient after another through per-client
     # handles. A client model batched clients cannot run exactly (e.g. a frozen CLIP text tower) runs the loop.
     clients: Literal["batched", "loop"] = "batched"
+    # server replicas under torchrun (README: Scaling out): the backend of their gradient sums. auto: nccl on CUDA,
+    # else gloo; nccl needs CUDA. Ignored by a single process
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
 
 
 @dataclass(frozen=True)

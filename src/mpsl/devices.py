@@ -31,7 +31,8 @@ def resolve_device(name: str) -> torch.device:
             built = "without CUDA" if torch.version.cuda is None else f"with CUDA {torch.version.cuda}"
             raise ConfigError(f"runtime.device: {name} asked for, but no CUDA device is available "
                               f"(torch {torch.__version__} built {built}); use runtime.device=cpu or auto")
-        index = int(name.partition(":")[2] or 0)
+        # `cuda` is the current device: 0, or this replica's GPU under torchrun (mpsl.runtime.distributed)
+        index = int(name.partition(":")[2] or torch.cuda.current_device())
         if index >= torch.cuda.device_count():
             raise ConfigError(f"runtime.device: {name} asked for, but this machine has "
                               f"{torch.cuda.device_count()} CUDA device(s)")

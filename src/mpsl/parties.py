@@ -18,6 +18,7 @@ from mpsl.devices import compile_module, resolve_device
 from mpsl.models import ClientModel, ServerModel
 from mpsl.protocol import SplitClient, SplitServer
 from mpsl.protocol.guard import Guard, derived_token_bound
+from mpsl.protocol.world import World
 from mpsl.tasks import Task
 
 ParamGroup = tuple[Iterable[torch.nn.Parameter], float]  # parameters and their learning rate
@@ -62,12 +63,13 @@ def split_client(cfg: Config, k: int, shard: SplitData, batch: int, template: Cl
     return SplitClient(k, model, shard, task, batch, opt, step_lr(opt, cfg), client_seed(cfg, k), cfg.runtime.prefetch)
 
 
-def split_server(model: ServerModel, cfg: Config) -> SplitServer:
-    """The one server party: the encoder side on the configured device, one Adam, the configured precision."""
+def split_server(model: ServerModel, cfg: Config, world: World | None = None) -> SplitServer:
+    """The one server party: the encoder side on the configured device, one Adam, the configured precision;
+    with `world`, one of its replicas."""
     model = model.to(resolve_device(cfg.runtime.device))
     compile_module(model.encoder, cfg.runtime.compile)
     opt = adam([(model.parameters(), cfg.train.server_lr)], cfg.train.weight_decay)
-    return SplitServer(model, opt, step_lr(opt, cfg), cfg.model.precision, guard(cfg, model.encoder.width))
+    return SplitServer(model, opt, step_lr(opt, cfg), cfg.model.precision, guard(cfg, model.encoder.width), world)
 
 
 def guard(cfg: Config, width: int) -> Guard:

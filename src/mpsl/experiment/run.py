@@ -35,6 +35,7 @@ from mpsl.files import read_json, write_atomically, write_json
 from mpsl.models import WholeModel
 from mpsl.registry import check_choices
 from mpsl.runtime import Traffic
+from mpsl.runtime.distributed import TorchWorld
 
 EXPERIMENT_FILE = "experiment.json"  # the compared methods, in order, and the backbone-scaling table
 CONFIG_FILE = "config.yaml"  # the resolved config of the last command that wrote the folder: `mpsl run` it again
@@ -97,19 +98,24 @@ def _train_round(method: Method, epoch: int, progress: bool) -> RoundStats:
         raise failure from None
 
 
-def run_method(cfg: Config, dataset: Dataset, name: str, out_dir: Path) -> RunResult:
-    """Train `name` from the seeded initial model, evaluate every round, save results.json and the model."""
-    cfg = METHODS.get(name).configure(cfg)
+def run_method(cfg: Config, dataset: Dataset, name: str, out_dir: Path, world: TorchWorld | None = None) -> RunResult:
+    """Train `name` from the seeded initial model, evaluate every round, save results.json and the model.
+
+    With server replicas (`world`) every rank trains and evaluates the same model; only rank 0 writes and prints.
+    """
+    cls = METHODS.get(name)
+    cfg = cls.configure(cfg)
+    main = world is None or world.is_main
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
-    method = METHODS.get(name)(cfg, dataset)
+    method = cls(cfg, dataset, world=world) if cls.replicated and world is not None else cls(cfg, dataset)
     cost = _cost(method)
-    writer = _tensorboard(cfg, out_dir)
+    writer = _tensorboard(cfg, out_dir) if main else None
     history: list[EpochRecord] = []
     metric = f"test_{method.task.metric}"
     for epoch in range(cfg.train.epochs):
         t0 = time.perf_counter()
-        stats = _train_round(method, epoch, cfg.progress)
+        stats = _train_round(method, epoch, cfg.progress and main)
         model = method.global_model()
         test = evaluate(model.client, model.server, dataset.test, method.task, cfg.eval.batch_size)
         val = {} if dataset.val is None else evaluate(model.client, model.server, dataset.val, method.task,
@@ -120,12 +126,13 @@ def run_method(cfg: Config, dataset: Dataset, name: str, out_dir: Path) -> RunRe
                              bytes_down_per_client=comm.bytes_down_per_client, seconds=time.perf_counter() - t0,
                              test=test, val=val)
         history.append(record)
-        print(f"{name:>14} {method.round_word} {epoch + 1}/{cfg.train.epochs}: train loss {record.train_loss:.4f}, "
-              f"train acc {record.train_accuracy:.3f}, "
-              + (f"val {method.task.metric} {val['val_' + method.task.metric]:.3f}, " if val else "")
-              + f"{metric.replace('_', ' ')} {test[metric]:.3f}, "
-              f"{(comm.bytes_up_per_client + comm.bytes_down_per_client) / 1e6:.1f} MB/client "
-              f"({record.seconds:.0f} s)", flush=True)
+        if main:
+            print(f"{name:>14} {method.round_word} {epoch + 1}/{cfg.train.epochs}: train loss "
+                  f"{record.train_loss:.4f}, train acc {record.train_accuracy:.3f}, "
+                  + (f"val {method.task.metric} {val['val_' + method.task.metric]:.3f}, " if val else "")
+                  + f"{metric.replace('_', ' ')} {test[metric]:.3f}, "
+                  f"{(comm.bytes_up_per_client + comm.bytes_down_per_client) / 1e6:.1f} MB/client "
+                  f"({record.seconds:.0f} s)", flush=True)
         if writer is not None:
             scalars = {"train_loss": record.train_loss, "train_accuracy": record.train_accuracy, **test,
                        "bytes_up_per_client": record.bytes_up_per_client,
@@ -143,7 +150,8 @@ def run_method(cfg: Config, dataset: Dataset, name: str, out_dir: Path) -> RunRe
     per_client = [headline(c, model.server, dataset.test, method.task, cfg.eval.batch_size) for c in personal]
     if per_client:
         final[f"{metric}_personalized_mean"] = sum(per_client) / len(per_client)
-    save_checkpoint(model, out_dir)
+    if main:
+        save_checkpoint(model, out_dir)
     result = RunResult(
         method=name,
         dataset=dataset.spec.name,
@@ -164,7 +172,8 @@ def run_method(cfg: Config, dataset: Dataset, name: str, out_dir: Path) -> RunRe
         wall_seconds=time.perf_counter() - started,
         versions=versions(),
     )
-    result.save(out_dir / RESULTS_FILE)
+    if main:
+        result.save(out_dir / RESULTS_FILE)
     return result
 
 
@@ -216,8 +225,8 @@ def check_names(cfg: Config) -> None:
                               "(pip install 'mpsl[tensorboard]')") from None
 
 
-def run_experiment(cfg: Config, reuse: bool = False, force: bool = False, tune: bool = False,
-                   seeds: int = 1) -> list[RunResult]:
+def run_experiment(cfg: Config, reuse: bool = False, force: bool = False, tune: bool = False, seeds: int = 1,
+                   world: TorchWorld | None = None) -> list[RunResult]:
     """Every method in cfg.methods on the same data and seed, then the comparison reports.
 
     Writes runs/<name>/config.yaml (the resolved config), runs/<name>/<method>/{results.json,
@@ -227,6 +236,7 @@ def run_experiment(cfg: Config, reuse: bool = False, force: bool = False, tune: 
     and the validation-best setting kept (experiment.tune); nothing is reused then. With `seeds` > 1, the
     whole comparison runs once per seed (cfg.seed, cfg.seed + 1, ...) in runs/<name>/seed-<s>/ and
     experiment.seeded summarizes them in runs/<name>/; every seed's results are returned, seed by seed.
+    With server replicas (`world`, torchrun) rank 0 prepares the data first and alone writes the folder.
     """
     from mpsl.analysis.scaling import scaling_table
     from mpsl.data import load_dataset
@@ -235,19 +245,32 @@ def run_experiment(cfg: Config, reuse: bool = False, force: bool = False, tune: 
 
     check_names(cfg)
     run_dir = Path(cfg.out_dir) / cfg.name
-    if not reuse and not force and run_dir.is_dir() and any(run_dir.iterdir()):
+    main = world is None or world.is_main
+    if main and not reuse and not force and run_dir.is_dir() and any(run_dir.iterdir()):
         raise MpslError(f"{run_dir} already holds a run: pass --force to overwrite it, name=... to keep both, or "
                         "use `mpsl compare` to reuse the methods that finished with the same settings")
+    if world is not None and (tune or seeds > 1):
+        raise ConfigError("--tune and --seeds run in one process: under torchrun, train one configuration per launch")
     if seeds > 1:
         return _run_seeds(cfg, run_dir, reuse, force, tune, seeds)
-    dataset = load_dataset(cfg.data, cfg.progress)
+    if world is not None and not main:
+        world.barrier()  # rank 0 builds (or reads) the data cache first, so the ranks never write it together
+    dataset = load_dataset(cfg.data, cfg.progress and main)
+    if world is not None and main:
+        world.barrier()
     results = []
     for name in cfg.methods:
         if tune:
             results.append(tune_method(cfg, dataset, name, run_dir, run_method))
             continue
-        saved = reusable(cfg, name, run_dir / name) if reuse else None
-        results.append(saved if saved is not None else run_method(cfg, dataset, name, run_dir / name))
+        saved = reusable(cfg, name, run_dir / name) if reuse and main else None
+        if world is not None and world.sum([saved is not None])[0]:  # rank 0's folder decides for every rank
+            if saved is not None:
+                results.append(saved)
+            continue
+        results.append(saved if saved is not None else run_method(cfg, dataset, name, run_dir / name, world))
+    if not main:
+        return results
     mean_samples = len(dataset.train) / cfg.num_clients
     write_atomically(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
     write_json(run_dir / EXPERIMENT_FILE, {"methods": list(cfg.methods),

@@ -11,11 +11,13 @@ from mpsl.devices import autocast, grad_scaler, module_device, to_device
 from mpsl.models.split import ServerModel
 from mpsl.protocol.guard import DEFAULT_MAX_GRAD_ABS, Guard, derived_token_bound, finite_tensors
 from mpsl.protocol.state import load_training_state, training_state
+from mpsl.protocol.world import World
 
 
 class SplitServer:
     """`precision` runs the encoder under autocast; fp16 adds a gradient scaler. Every tensor that leaves
-    the server (features, cut-layer gradients) is fp32 and unscaled."""
+    the server (features, cut-layer gradients) is fp32 and unscaled. With `world` this is one of several server
+    replicas (mpsl.protocol.world): every replica sums its gradients with the others' before the same step."""
 
     def __init__(
         self,
@@ -24,8 +26,10 @@ class SplitServer:
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
         precision: str = "fp32",
         guard: Guard | None = None,
+        world: World | None = None,
     ) -> None:
         self.model = model
+        self.world = world
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.precision = precision
@@ -54,10 +58,15 @@ class SplitServer:
         """
         grads = [g.to(o.device, non_blocking=True) for o, g in zip(outputs, grads, strict=True)]
         scale = self.scaler.get_scale() if self.scaler is not None else None
-        torch.autograd.backward(outputs, grads if scale is None else [self.scaler.scale(g) for g in grads])
+        if outputs:  # a replica whose clients all sat this step out has no forward, only the sums below
+            torch.autograd.backward(outputs, grads if scale is None else [self.scaler.scale(g) for g in grads])
+        if self.world is not None:
+            self.world.sum_grads([p for p in self.model.parameters() if p.requires_grad])
         computed = [g for g in (*(p.grad for p in self.model.parameters()), *(t.grad for t in inputs))
                     if g is not None]
         finite = finite_tensors(computed)
+        if self.world is not None:  # non-finite on any replica (its clients' gradients too) skips every one
+            finite = self.world.sum([0.0 if finite else 1.0])[0] == 0
         self.skip_reason = None if finite else (
             "fp16 gradient overflow (the scale backs off)" if scale is not None else "non-finite encoder gradients")
         if finite and scale is not None:

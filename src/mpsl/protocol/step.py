@@ -15,6 +15,10 @@ so the update is exactly the step the remaining clients would have taken alone.
 The server's guard (mpsl.protocol.guard) leaves a client out the same way when its tokens or its
 gradient are out of bounds or its rows of the encoder's output are not finite; if the encoder's own
 gradients are still not finite, the server skips its update and no client steps.
+
+With server replicas (`server.world`, torch.distributed) each rank runs this step for its own clients: B, B'
+and the loss are summed over ranks, the encoder's gradients are summed before the one identical optimizer
+step, and a rank left without clients still joins both sums, so the ranks together take the one-process step.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from mpsl.protocol.handle import ClientHandle
 from mpsl.protocol.messages import CutGrad, FeatureGrad, Features, Tokens, fits_modalities
 from mpsl.protocol.serde import all_finite
 from mpsl.protocol.server import SplitServer
+from mpsl.protocol.world import World
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,11 @@ def _group_by_modalities(ids: list[int], sent: list[Tokens], modalities: list[st
     return list(groups.values())
 
 
+def _totals(world: World | None, *values: float) -> list[float]:
+    """The values summed over server replicas; as they are (ints stay ints) without replicas."""
+    return list(values) if world is None else world.sum(values)
+
+
 def mpsl_step(server: SplitServer, clients: ClientGroup | Sequence[ClientHandle], step: int,
               fan_out: MapFn | None = None) -> StepResult | None:
     """One global step over every client that offers a batch; None when no client offers one.
@@ -72,23 +82,22 @@ def mpsl_step(server: SplitServer, clients: ClientGroup | Sequence[ClientHandle]
     `clients` is a ClientGroup, or a list of per-client handles (wrapped in a HandleGroup, whose `fan_out`
     lets a network runtime talk to clients concurrently); the math does not change. A client the server's
     guard refuses (tokens or gradient out of bounds, outputs that turn non-finite) is left out like a
-    client that dropped out, before anything is updated.
+    client that dropped out, before anything is updated. With server replicas (`server.world`) each runs
+    this for its own clients; the totals are summed over replicas, so the weights are the global ones.
     """
     group = as_group(clients, fan_out)
-    guard = server.guard
+    guard, world = server.guard, server.world
     offers = group.embed(step)  # client id -> Tokens | None | ClientUnavailable, in the group's order
     unavailable = [cid for cid, t in offers.items() if isinstance(t, ClientUnavailable)]
     contained = {cid: reason for cid, t in offers.items()
                  if isinstance(t, Tokens) and (reason := guard.check_tokens(t)) is not None}
     ids = [cid for cid, t in offers.items() if isinstance(t, Tokens) and cid not in contained]  # arrival order
     sent: list[Tokens] = [offers[cid] for cid in ids]  # type: ignore[misc]
-    if not ids:
-        return None if not (unavailable or contained) else StepResult([], [], 0.0, 0, 0, unavailable, contained)
     sizes = [msg.batch_size for msg in sent]
 
     # one forward per set of modalities held (a single one unless some clients lack a modality)
     forwards: list[tuple[list[int], dict[str, torch.Tensor], torch.Tensor]] = []
-    for members in _group_by_modalities(ids, sent, server.model.modalities):
+    for members in _group_by_modalities(ids, sent, server.model.modalities) if ids else []:
         while members:
             tokens = {m: torch.cat([sent[k].tokens[m] for k in members]).requires_grad_(True)  # [B_g, T_m, D]
                       for m in sent[members[0]].tokens}
@@ -102,14 +111,15 @@ def mpsl_step(server: SplitServer, clients: ClientGroup | Sequence[ClientHandle]
                 contained[ids[k]] = "its tokens made the encoder's outputs non-finite"
             members = [k for k in members if k not in bad]  # forward again without them: 0 x inf is NaN
     live = sorted(k for members, _, _ in forwards for k in members)  # arrival order
-    if not live:
-        return StepResult([], [], 0.0, 0, 0, unavailable, contained)
-    total = sum(sizes[k] for k in live)
+    arrived, missing, total = _totals(world, len(live), len(unavailable) + len(contained),
+                                      sum(sizes[k] for k in live))  # over every replica
+    if not arrived:
+        return None if not missing else StepResult([], [], 0.0, 0, 0, unavailable, contained)
     down: dict[int, Features] = {}
     for members, _, outputs in forwards:
         for k, out in zip(members, outputs.split([sizes[k] for k in members]), strict=True):  # [b_k, ...]
             down[k] = Features(step, out.detach(), sizes[k] / total)
-    answers = group.features({ids[k]: down[k] for k in live})
+    answers = group.features({ids[k]: down[k] for k in live}) if live else {}
     replies = {k: answers[ids[k]] for k in live}
     for k, r in replies.items():
         if isinstance(r, FeatureGrad):
@@ -120,16 +130,21 @@ def mpsl_step(server: SplitServer, clients: ClientGroup | Sequence[ClientHandle]
                 contained[ids[k]] = reason
     kept = [k for k in live if isinstance(replies[k], FeatureGrad) and ids[k] not in contained]
     dropped = unavailable + [ids[k] for k in live if not isinstance(replies[k], FeatureGrad)]
-    if not kept:
-        return StepResult([], [], 0.0, 0, 0, dropped, contained)
+    loss_sum = sum(sizes[k] * replies[k].loss for k in kept)
+    correct, count = sum(replies[k].correct for k in kept), sum(replies[k].count for k in kept)
     remaining = sum(sizes[k] for k in kept)
+    if world is not None:  # B' and the step's loss and hits, over every replica, in one sum
+        remaining, loss_sum, correct, count = world.sum([remaining, loss_sum, correct, count])
+    if not remaining:
+        return StepResult([], [], 0.0, 0, 0, dropped, contained)
     rescale = total / remaining  # b_k / B -> b_k / B' for the clients that answered (1 when none dropped out)
     grads = {k: replies[k].grad for k in kept}
-    if guard.clip_to_median is not None:
+    if guard.clip_to_median is not None:  # under replicas, the median of each replica's own clients
         grads = {k: g.clone() for k, g in grads.items()}
         guard.clip(grads, {k: down[k].loss_weight for k in kept})
     grads = {k: g if rescale == 1 else g * rescale for k, g in grads.items()}
-    # each reply already carries its weight, so the concatenation is dL/d outputs of each forward
+    # each reply already carries its weight, so the concatenation is dL/d outputs of each forward; a replica
+    # without clients in this step passes no forward but still joins the gradient sum
     stepped = server.backward_and_step(
         [outputs for _, _, outputs in forwards],
         [torch.cat([grads.get(k, torch.zeros_like(down[k].features)) for k in members])  # [B_g, ...]
@@ -143,14 +158,15 @@ def mpsl_step(server: SplitServer, clients: ClientGroup | Sequence[ClientHandle]
         slices = {m: t.grad.split([sizes[k] for k in members]) for m, t in tokens.items()}
         for i, k in enumerate(members):
             cut[k] = {m: slices[m][i] for m in tokens}
-    acks = group.cut_grad({ids[k]: CutGrad(step, cut[k], sizes[k] / remaining) for k in kept})
+    acks = group.cut_grad({ids[k]: CutGrad(step, cut[k], sizes[k] / remaining) for k in kept}) if kept else {}
     late = [cid for cid, ack in acks.items() if isinstance(ack, ClientUnavailable)]
     return StepResult(
         client_ids=[ids[k] for k in kept],
         batch_sizes=[sizes[k] for k in kept],
-        loss=sum(sizes[k] / remaining * replies[k].loss for k in kept),
-        correct=sum(replies[k].correct for k in kept),
-        count=sum(replies[k].count for k in kept),
+        loss=(loss_sum / remaining if world is not None  # the one-process sum keeps its order of rounding
+              else sum(sizes[k] / remaining * replies[k].loss for k in kept)),
+        correct=int(correct),
+        count=int(count),
         dropped=dropped + late,
         contained=contained,
     )

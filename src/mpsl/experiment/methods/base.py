@@ -58,6 +58,9 @@ class Method(ABC):
     client_runs_encoder: ClassVar[bool] = False
     round_word: ClassVar[str] = "epoch"  # what one train_round is called in logs
     schedule: ClassVar[str] = "steps"  # what a round waits for, for simulated time (mpsl.analysis.wallclock)
+    # True when the method takes `world=` and splits its step over server replicas (torchrun); any other method
+    # runs whole on every replica, from the same seed to the same result, and only rank 0 writes it
+    replicated: ClassVar[bool] = False
 
     def __init__(self, cfg: Config, dataset: Dataset) -> None:
         self.cfg = cfg

@@ -9,7 +9,10 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import astuple
 from typing import Any
+
+import torch
 
 from mpsl.config import Config, client_batch_sizes
 from mpsl.data import Dataset
@@ -25,6 +28,7 @@ from mpsl.parties import client_shards, split_client, split_server
 from mpsl.protocol import ClientGroup, Codec, HandleGroup, SplitClient, Weights, mpsl_step
 from mpsl.runtime import InProcessHandle, Traffic, carry
 from mpsl.runtime.batched import BatchedClients, unsupported
+from mpsl.runtime.distributed import TorchWorld, owner, replica_share
 
 
 def _split_grid(cfg: Config) -> list[dict[str, Any]]:
@@ -47,8 +51,9 @@ class Mpsl(Method):
 
     name = "mpsl"
     grid = staticmethod(_split_grid)
+    replicated = True
 
-    def __init__(self, cfg: Config, dataset: Dataset) -> None:
+    def __init__(self, cfg: Config, dataset: Dataset, world: TorchWorld | None = None) -> None:
         super().__init__(cfg, dataset)
         # runtime.clients: batched unless the client model needs the loop to keep the math (the reason is printed)
         self.fallback = None if cfg.runtime.clients == "loop" else unsupported(self.client_template, self.task)
@@ -56,13 +61,18 @@ class Mpsl(Method):
             print(f"mpsl: runtime.clients=batched cannot run this client model exactly, so clients run one after "
                   f"another: {self.fallback}", flush=True)
         self.batched = cfg.runtime.clients == "batched" and self.fallback is None
-        self.clients = _clients(self, optimizers=not self.batched)
-        self.server = split_server(copy.deepcopy(self.server_template), cfg)  # the templates stay on the host
-        self.handles = [] if self.batched else [InProcessHandle(c) for c in self.clients]
+        self.world = world
+        self.clients = _clients(self, optimizers=not self.batched)  # every client, from the same seeds on every rank
+        # with server replicas this rank runs only its share of the clients; the others' copies wait for `_share`
+        mine = (self.clients if world is None else
+                [self.clients[k] for k in replica_share(world.rank, world.size, len(self.clients))])
+        self.server = split_server(copy.deepcopy(self.server_template), cfg, world)  # the templates stay on the host
+        self.handles = [] if self.batched else [InProcessHandle(c) for c in mine]
         self.group: ClientGroup = (
-            BatchedClients(self.clients, self.task, cfg.train.client_lr, cfg.train.weight_decay, cfg.train.lr_step,
+            BatchedClients(mine, self.task, cfg.train.client_lr, cfg.train.weight_decay, cfg.train.lr_step,
                            cfg.train.lr_gamma) if self.batched else HandleGroup(self.handles))
         self.step = 0
+        self._traffic: list[Traffic] | None = None  # every client's, shared by the replicas after a round
 
     def train_round(self, epoch: int, progress: bool) -> RoundStats:
         self.group.start_epoch(epoch)
@@ -80,7 +90,25 @@ class Mpsl(Method):
                 bar.set_postfix(loss=f"{stats.loss:.3f}", clients=len(result.client_ids))
         self.server.end_epoch()
         self.group.end_epoch()
+        if self.world is not None:
+            self._share(self.world)
         return stats
+
+    def _own_traffic(self) -> list[Traffic]:
+        return self.group.traffic if isinstance(self.group, BatchedClients) else [h.traffic for h in self.handles]
+
+    def _share(self, world: TorchWorld) -> None:
+        """Every rank gets every client's weights, samples seen and bytes from the rank that ran it, so that each
+        can evaluate, average and report the whole federation (one broadcast per client and dtype)."""
+        own = dict(zip((c.client_id for c in self.group.clients) if isinstance(self.group, BatchedClients)
+                       else (h.client_id for h in self.handles), self._own_traffic(), strict=True))
+        self._traffic = []
+        for k, c in enumerate(self.clients):
+            t = own.get(c.client_id, Traffic())
+            counters = torch.tensor([c.samples_seen, *astuple(t)], dtype=torch.float64)  # [1 + 5]
+            world.broadcast([*c.model.state_dict().values(), counters], src=owner(k, world.size))
+            c.samples_seen = int(counters[0])
+            self._traffic.append(Traffic(*(int(v) for v in counters[1:])))
 
     def global_model(self) -> WholeModel:
         """FedAvg of the client models weighted by samples seen: for evaluation only, never sent back."""
@@ -92,7 +120,7 @@ class Mpsl(Method):
         return [c.model for c in self.clients] if len(self.clients) > 1 else []
 
     def traffic(self) -> list[Traffic]:
-        return self.group.traffic if isinstance(self.group, BatchedClients) else [h.traffic for h in self.handles]
+        return self._own_traffic() if self._traffic is None else self._traffic
 
 
 @register
