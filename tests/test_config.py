@@ -118,6 +118,9 @@ def test_yaml_file_then_overrides(tmp_path: Path) -> None:
         (["guard.max_grad_abs=-1"], "guard.max_grad_abs"),
         (["guard.clip_to_median=0.5"], "guard.clip_to_median"),
         (["deploy.keep_checkpoints=1"], "deploy.keep_checkpoints"),
+        (["train.client_sync_every=0"], "train.client_sync_every"),
+        (["tune.lr_factors=[]"], "tune.lr_factors"),
+        (["data.val_size=-1"], "data.val_size"),
     ],
 )
 def test_bad_values_name_the_key(overrides: list[str], names: str) -> None:

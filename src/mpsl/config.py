@@ -135,6 +135,9 @@ class TrainConfig:
     lr_step: int = 5  # StepLR period in epochs (paper: 5)
     lr_gamma: float = 0.1
     weight_decay: float = 0.0
+    # mpsl, beyond the paper: every this many global steps the clients' models are averaged (FedAvg weighted by
+    # their samples, sent up and down as Weights and counted); each keeps its own Adam state. None: never
+    client_sync_every: int | None = None
 
 
 @dataclass(frozen=True)
@@ -463,6 +466,8 @@ def validate(cfg: Config) -> None:
     _require(tr.server_lr > 0 and tr.client_lr > 0, "train", "learning rates must be positive")
     _require(tr.lr_step >= 1, "train.lr_step", "must be at least 1")
     _require(0 < tr.lr_gamma <= 1, "train.lr_gamma", "must be in (0, 1]")
+    _require(tr.client_sync_every is None or tr.client_sync_every >= 1, "train.client_sync_every",
+             f"must be at least 1 step (or null: never), got {tr.client_sync_every}")
     _require(cfg.eval.batch_size >= 1, "eval.batch_size", "must be at least 1")
     _require(len(cfg.tune.lr_factors) >= 1 and min(cfg.tune.lr_factors) > 0, "tune.lr_factors",
              f"must list positive factors, got {list(cfg.tune.lr_factors)}")

@@ -16,6 +16,7 @@ import torch
 
 from mpsl.config import Config, client_batch_sizes
 from mpsl.data import Dataset
+from mpsl.errors import ConfigError
 from mpsl.experiment.averaging import WeightedAverage, fedavg, load_trainable, trainable_state
 from mpsl.experiment.methods.base import (
     Method,
@@ -73,6 +74,10 @@ class Mpsl(Method):
                            cfg.train.lr_gamma) if self.batched else HandleGroup(self.handles))
         self.step = 0
         self._traffic: list[Traffic] | None = None  # every client's, shared by the replicas after a round
+        if cfg.train.client_sync_every is not None and world is not None:
+            raise ConfigError("train.client_sync_every averages every client's model mid-epoch, which server "
+                              "replicas do not hold: use one process")
+        self.codec = Codec()
 
     def train_round(self, epoch: int, progress: bool) -> RoundStats:
         self.group.start_epoch(epoch)
@@ -86,6 +91,8 @@ class Mpsl(Method):
                     print(f"mpsl: step {self.step}: the server skipped its update: {result.skipped}", flush=True)
                 stats.add(result.loss, result.correct, result.count)  # normalized by samples actually seen
                 self.step += 1
+                if self.cfg.train.client_sync_every and self.step % self.cfg.train.client_sync_every == 0:
+                    self._sync_clients(epoch)
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats.loss:.3f}", clients=len(result.client_ids))
         self.server.end_epoch()
@@ -93,6 +100,18 @@ class Mpsl(Method):
         if self.world is not None:
             self._share(self.world)
         return stats
+
+    def _sync_clients(self, epoch: int) -> None:
+        """train.client_sync_every: a FedAvg exchange of the client models (weighted by samples), through the wire
+        encoding and counted, written in place (batched clients' parameters are views of their stacks)."""
+        traffic = self._own_traffic()
+        average = WeightedAverage()
+        for c, t in zip(self.clients, traffic, strict=True):
+            sent = carry(self.codec, t, Weights(epoch, len(c.data), trainable_state(c.model)), "up")
+            average.add(sent.tensors, sent.num_samples)
+        merged = Weights(epoch, 0, average.result())
+        for c, t in zip(self.clients, traffic, strict=True):
+            load_trainable(c.model, carry(self.codec, t, merged, "down").tensors)
 
     def _own_traffic(self) -> list[Traffic]:
         return self.group.traffic if isinstance(self.group, BatchedClients) else [h.traffic for h in self.handles]
