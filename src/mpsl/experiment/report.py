@@ -160,7 +160,11 @@ def compare_markdown(title: str, results: Results) -> str:
 
 
 def compare_csv(results: Results) -> str:
-    rows = _rows(results)
+    return rows_csv(_rows(results))
+
+
+def rows_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """Flat records as CSV, one column per key of the first."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()

@@ -7,14 +7,12 @@ beside them: compare.md, compare.csv and accuracy.png with a band from the lowes
 
 from __future__ import annotations
 
-import csv
-import io
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mpsl.experiment.report import COLORS, NETWORK, pct, pyplot, score_label, simulated_seconds
+from mpsl.experiment.report import COLORS, NETWORK, pct, pyplot, rows_csv, score_label, simulated_seconds
 from mpsl.experiment.results import RunResult
 
 BySeed = Mapping[int, Sequence[RunResult]]  # seed -> that seed's results, one per method in the same order
@@ -67,12 +65,7 @@ def seeded_markdown(title: str, by_seed: BySeed) -> str:
 
 
 def seeded_csv(by_seed: BySeed) -> str:
-    rows = seed_rows(by_seed)
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
+    return rows_csv(seed_rows(by_seed))
 
 
 def spread_plot(by_seed: BySeed, path: Path, title: str) -> Path:
