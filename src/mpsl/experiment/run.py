@@ -39,7 +39,7 @@ from mpsl.runtime import Traffic
 EXPERIMENT_FILE = "experiment.json"  # the compared methods, in order, and the backbone-scaling table
 CONFIG_FILE = "config.yaml"  # the resolved config of the last command that wrote the folder: `mpsl run` it again
 # keys that do not change what a method computes: a saved result stays valid when only these differ
-_NOT_RESULT_KEYS = ("methods", "progress", "logging", "runtime")  # runtime: how, not what
+_NOT_RESULT_KEYS = ("methods", "progress", "logging", "runtime", "ray")  # runtime, ray: how, not what
 
 
 def _cost(method: Method) -> Cost:
@@ -130,6 +130,8 @@ def run_method(cfg: Config, dataset: Dataset, name: str, out_dir: Path) -> RunRe
                 writer.add_scalar(f"{name}/{key}", value, epoch + 1)
     if writer is not None:
         writer.close()
+    # Ray actors go (on a failure they go with this process); evaluation reads the weights copied back
+    method.close()
 
     model = method.global_model()
     final = dict(history[-1].test)

@@ -9,21 +9,28 @@
 from __future__ import annotations
 
 import copy
+import functools
+
+import torch
 
 from mpsl.config import Config, client_batch_sizes
-from mpsl.data import Dataset
+from mpsl.data import Dataset, SplitData
 from mpsl.experiment.averaging import WeightedAverage, fedavg, load_trainable, trainable_state
 from mpsl.experiment.methods.base import (
     Method,
     RoundStats,
+    client_actors,
     progress_bar,
     register,
 )
-from mpsl.models import ClientModel, WholeModel
+from mpsl.models import ClientModel, ServerModel, WholeModel
 from mpsl.parties import client_shards, split_client, split_server
-from mpsl.protocol import ClientGroup, Codec, HandleGroup, SplitClient, Weights, mpsl_step
+from mpsl.progress import Progress
+from mpsl.protocol import ClientGroup, Codec, HandleGroup, SplitClient, SplitServer, Weights, mpsl_step
 from mpsl.runtime import InProcessHandle, Traffic, carry
 from mpsl.runtime.batched import BatchedClients, unsupported
+from mpsl.runtime.ray_actors import RayClientGroup, RayParties
+from mpsl.tasks import Task
 
 
 def _clients(method: Method, optimizers: bool = True) -> list[SplitClient]:
@@ -31,6 +38,38 @@ def _clients(method: Method, optimizers: bool = True) -> list[SplitClient]:
     batches = client_batch_sizes(method.cfg, [len(s) for s in shards])
     return [split_client(method.cfg, k, shard, batch, method.client_template, method.task, optimizers)
             for k, (shard, batch) in enumerate(zip(shards, batches, strict=True))]
+
+
+def _group(clients: list[SplitClient], batched: bool, cfg: Config, task: Task) -> ClientGroup:
+    """The simulated clients behind the step's verbs: one batched computation, or one handle per client."""
+    if batched:
+        return BatchedClients(clients, task, cfg.train.client_lr, cfg.train.weight_decay, cfg.train.lr_step,
+                              cfg.train.lr_gamma)
+    return HandleGroup([InProcessHandle(c) for c in clients])
+
+
+def _group_clients(group: ClientGroup) -> list[SplitClient]:
+    return group.clients if isinstance(group, BatchedClients) else [h.client for h in group.handles]
+
+
+def _group_traffic(group: ClientGroup) -> list[Traffic]:
+    return group.traffic if isinstance(group, BatchedClients) else [h.traffic for h in group.handles]
+
+
+def mpsl_epoch(server: SplitServer, group: ClientGroup, epoch: int, step: int,
+               bar: Progress | None = None) -> tuple[RoundStats, int]:
+    """One MPSL epoch from global step `step`: steps until no client offers a batch; (stats, next step)."""
+    group.start_epoch(epoch)
+    stats = RoundStats()
+    while (result := mpsl_step(server, group, step)) is not None:
+        stats.add(result.loss, result.correct, result.count)  # normalized by samples actually seen
+        step += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats.loss:.3f}", clients=len(result.client_ids))
+    server.end_epoch()
+    group.end_epoch()
+    return stats, step
 
 
 @register
@@ -47,26 +86,20 @@ class Mpsl(Method):
             print(f"mpsl: runtime.clients=batched cannot run this client model exactly, so clients run one after "
                   f"another: {self.fallback}", flush=True)
         self.batched = cfg.runtime.clients == "batched" and self.fallback is None
-        self.clients = _clients(self, optimizers=not self.batched)
+        on_ray = cfg.runtime.kind == "ray"
+        # on Ray these are the driver's copies, refreshed after every epoch for evaluation; they never train here
+        self.clients = _clients(self, optimizers=not (self.batched or on_ray))
         self.server = split_server(copy.deepcopy(self.server_template), cfg)  # the templates stay on the host
-        self.handles = [] if self.batched else [InProcessHandle(c) for c in self.clients]
-        self.group: ClientGroup = (
-            BatchedClients(self.clients, self.task, cfg.train.client_lr, cfg.train.weight_decay, cfg.train.lr_step,
-                           cfg.train.lr_gamma) if self.batched else HandleGroup(self.handles))
+        self.remote = _RayMpsl(self) if on_ray else None
+        self.group: ClientGroup | None = None if on_ray else _group(self.clients, self.batched, cfg, self.task)
         self.step = 0
 
     def train_round(self, epoch: int, progress: bool) -> RoundStats:
-        self.group.start_epoch(epoch)
-        stats = RoundStats()
+        if self.remote is not None:
+            return self.remote.train_round(epoch)
         steps = max(-(-len(c.data) // c.batch_size) for c in self.clients)
         with progress_bar(f"mpsl epoch {epoch + 1}", steps, progress) as bar:
-            while (result := mpsl_step(self.server, self.group, self.step)) is not None:
-                stats.add(result.loss, result.correct, result.count)  # normalized by samples actually seen
-                self.step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{stats.loss:.3f}", clients=len(result.client_ids))
-        self.server.end_epoch()
-        self.group.end_epoch()
+            stats, self.step = mpsl_epoch(self.server, self.group, epoch, self.step, bar)
         return stats
 
     def global_model(self) -> WholeModel:
@@ -79,7 +112,77 @@ class Mpsl(Method):
         return [c.model for c in self.clients] if len(self.clients) > 1 else []
 
     def traffic(self) -> list[Traffic]:
-        return self.group.traffic if isinstance(self.group, BatchedClients) else [h.traffic for h in self.handles]
+        return self.remote.traffic if self.remote is not None else _group_traffic(self.group)
+
+    def close(self) -> None:
+        if self.remote is not None:
+            self.remote.close()
+
+
+class _RayMpsl:
+    """runtime.kind=ray: the clients in `ray.actors` actors (a batched group or handles per slice, as
+    in-process), the server and its step loop in one more actor that may ask for a GPU. After every epoch the
+    driver copies the trained weights, samples seen and byte counts back into its own parties."""
+
+    def __init__(self, method: Mpsl) -> None:
+        cfg = method.cfg
+        shards = [c.data for c in method.clients]
+        batches = [c.batch_size for c in method.clients]
+        self.method = method
+        self.clients, ids = client_actors(cfg, len(shards), lambda s: functools.partial(
+            _actor_clients, cfg, s, [shards[k] for k in s], [batches[k] for k in s], method.client_template,
+            method.task, method.batched))
+        self.server = RayParties([functools.partial(_ServerLoop, cfg, method.server_template, self.clients, ids)],
+                                 ["server actor"], 0, cfg.ray.server_gpus, cfg.ray.timeout_s)
+        self.traffic = [Traffic() for _ in shards]
+
+    def train_round(self, epoch: int) -> RoundStats:
+        [stats] = self.server.call(_server_epoch, epoch)
+        [state] = self.server.call(_server_state)
+        self.method.server.model.load_state_dict(state)
+        for reports in self.clients.call(_client_reports):
+            for cid, weights, seen, traffic in reports:
+                self.method.clients[cid].model.load_state_dict(weights)
+                self.method.clients[cid].samples_seen = seen
+                self.traffic[cid] = traffic
+        return stats
+
+    def close(self) -> None:
+        self.server.close()
+        self.clients.close()
+
+
+def _actor_clients(cfg: Config, ids: list[int], shards: list[SplitData], batches: list[int], template: ClientModel,
+                   task: Task, batched: bool) -> ClientGroup:
+    """A client actor's party: its slice of clients, built as in-process (same ids, seeds and weights)."""
+    clients = [split_client(cfg, k, shard, batch, template, task, not batched)
+               for k, shard, batch in zip(ids, shards, batches, strict=True)]
+    return _group(clients, batched, cfg, task)
+
+
+def _client_reports(group: ClientGroup) -> list[tuple[int, dict[str, torch.Tensor], int, Traffic]]:
+    """Each client's weights (cloned: a batched client's parameters are views into every client's stack),
+    samples seen and bytes so far."""
+    return [(c.client_id, {k: v.detach().cpu().clone() for k, v in c.model.state_dict().items()}, c.samples_seen, t)
+            for c, t in zip(_group_clients(group), _group_traffic(group), strict=True)]
+
+
+class _ServerLoop:
+    """The server actor's party: the one SplitServer and the step loop, talking to the client actors."""
+
+    def __init__(self, cfg: Config, template: ServerModel, clients: RayParties, ids: list[list[int]]) -> None:
+        self.server = split_server(copy.deepcopy(template), cfg)
+        self.group = RayClientGroup(clients, ids)
+        self.step = 0
+
+
+def _server_epoch(loop: _ServerLoop, epoch: int) -> RoundStats:
+    stats, loop.step = mpsl_epoch(loop.server, loop.group, epoch, loop.step)
+    return stats
+
+
+def _server_state(loop: _ServerLoop) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in loop.server.model.state_dict().items()}
 
 
 @register
