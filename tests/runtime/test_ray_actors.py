@@ -93,17 +93,20 @@ def test_mpsl_on_ray_ends_with_the_weights_and_bytes_of_the_in_process_run(local
     assert remote.traffic()[0].messages > 0
 
 
-def test_fedavg_on_ray_ends_with_the_weights_and_bytes_of_the_in_process_run(local_ray) -> None:
+@pytest.mark.parametrize("name", ["fedavg", "splitfed"])
+def test_a_baseline_on_ray_ends_with_the_weights_and_bytes_of_the_in_process_run(local_ray, name: str) -> None:
+    # Prepare: each actor trains its clients (SplitFed: client-server pairs) of the round; the driver averages
+
     # Execute
-    local = _train("fedavg")
-    remote = _train("fedavg", "runtime.kind=ray", "ray.actors=2")
+    local = _train(name)
+    remote = _train(name, "runtime.kind=ray", "ray.actors=2")
 
     # Assert
     _assert_close_weights(remote.global_model(), local.global_model())
     assert any((p != q).any() for p, q in zip(remote.global_model().server.parameters(),
                                               remote.server_template.parameters(), strict=True))
     assert remote.traffic() == local.traffic()
-    assert remote.traffic()[0].messages == 4  # per round: the global weights down, the update up
+    assert remote.traffic()[0].messages > 0
 
 
 def test_a_ray_run_of_batched_clients_saves_the_results_of_an_in_process_run(local_ray, tmp_path: Path) -> None:

@@ -194,54 +194,115 @@ class SplitFed(Method):
 
     def __init__(self, cfg: Config, dataset: Dataset) -> None:
         super().__init__(cfg, dataset)
-        self.clients = _clients(self)
-        self.servers = [split_server(copy.deepcopy(self.server_template), cfg) for _ in self.clients]
-        self.handles = [InProcessHandle(c) for c in self.clients]
-        self.codec = Codec()
-        self.steps = [0] * len(self.clients)
+        on_ray = cfg.runtime.kind == "ray"
+        self.clients = _clients(self, optimizers=not on_ray)
+        # on Ray the pairs train in the client actors; here one server copy is kept for evaluation
+        self.servers = [split_server(copy.deepcopy(self.server_template), cfg)
+                        for _ in (self.clients[:1] if on_ray else self.clients)]
+        self.pairs = None if on_ray else SplitFedPairs(self.clients, self.servers)
+        self.remote = None
+        self._traffic = [Traffic() for _ in self.clients]
+        if on_ray:
+            shards = [c.data for c in self.clients]
+            batches = [c.batch_size for c in self.clients]
+            self.remote, self.slices = client_actors(cfg, len(shards), lambda ids: functools.partial(
+                _actor_pairs, cfg, ids, [shards[k] for k in ids], [batches[k] for k in ids], self.client_template,
+                self.server_template, self.task))
 
     def train_round(self, epoch: int, progress: bool) -> RoundStats:
-        for h in self.handles:
-            h.start_epoch(epoch)
-        stats = RoundStats()
-        active = list(range(len(self.clients)))
-        total = sum(-(-len(c.data) // c.batch_size) for c in self.clients)
-        with progress_bar(f"splitfed round {epoch + 1}", total, progress) as bar:
-            while active:  # the pairs are independent; interleaving them stands in for running in parallel
-                for k in list(active):
-                    result = mpsl_step(self.servers[k], [self.handles[k]], self.steps[k])
-                    if result is None:
-                        active.remove(k)
-                        continue
-                    self.steps[k] += 1
-                    stats.add(result.loss, result.correct, result.count)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{stats.loss:.3f}")
-        for server, h in zip(self.servers, self.handles, strict=True):
-            server.end_epoch()
-            h.end_epoch()
-        self._synchronize(epoch)
-        return stats
-
-    def _synchronize(self, epoch: int) -> None:
+        if self.remote is None:
+            total = sum(-(-len(c.data) // c.batch_size) for c in self.clients)
+            with progress_bar(f"splitfed round {epoch + 1}", total, progress) as bar:
+                stats, updates = self.pairs.train(epoch, bar)
+        else:  # each actor steps its pairs; the updates come back in client order
+            stats, updates = RoundStats(), []
+            for part_stats, part in self.remote.call(_pairs_train, epoch):
+                stats.add(part_stats.loss, part_stats.correct, part_stats.count, part_stats.steps)
+                updates += part
         weights = [len(c.data) for c in self.clients]
         servers = WeightedAverage()  # on the server itself: no network
-        for server, w in zip(self.servers, weights, strict=True):
-            servers.add(trainable_state(server.model), w)
-        server_state = servers.result()
-        for server in self.servers:
-            load_trainable(server.model, server_state)
-
+        for (server_state, _), w in zip(updates, weights, strict=True):
+            servers.add(server_state, w)
         clients = WeightedAverage()  # client sides: a FedAvg exchange through the wire encoding
-        for c, h in zip(self.clients, self.handles, strict=True):
-            sent = carry(self.codec, h.traffic, Weights(epoch, len(c.data), trainable_state(c.model)), "up")
+        for _, sent in updates:
             clients.add(sent.tensors, sent.num_samples)
-        merged = Weights(epoch, 0, clients.result())
-        for c, h in zip(self.clients, self.handles, strict=True):
-            load_trainable(c.model, carry(self.codec, h.traffic, merged, "down").tensors)
+        server_state, merged = servers.result(), Weights(epoch, 0, clients.result())
+        if self.remote is None:
+            self.pairs.synchronize(server_state, merged)
+        else:
+            self._traffic = [t for part in self.remote.call(_pairs_synchronize, server_state, merged) for t in part]
+            load_trainable(self.servers[0].model, server_state)
+            load_trainable(self.clients[0].model, merged.tensors)
+        return stats
 
     def global_model(self) -> WholeModel:
         return WholeModel(self.clients[0].model, self.servers[0].model)  # all copies equal after a round
 
     def traffic(self) -> list[Traffic]:
-        return [h.traffic for h in self.handles]
+        return self._traffic if self.remote is not None else [h.traffic for h in self.pairs.handles]
+
+    def close(self) -> None:
+        if self.remote is not None:
+            self.remote.close()
+
+
+class SplitFedPairs:
+    """SplitFed's client-server pairs, each client stepped with its own server copy: in this process, or a
+    client actor's slice of them."""
+
+    def __init__(self, clients: list[SplitClient], servers: list[SplitServer]) -> None:
+        self.clients = clients
+        self.servers = servers
+        self.handles = [InProcessHandle(c) for c in clients]
+        self.codec = Codec()
+        self.steps = [0] * len(clients)
+
+    def train(self, epoch: int, bar: Progress | None = None
+              ) -> tuple[RoundStats, list[tuple[dict[str, torch.Tensor], Weights]]]:
+        """One round of every pair; the stats, and per client its server copy's trainable weights and the client
+        weights that arrived through the wire encoding."""
+        for h in self.handles:
+            h.start_epoch(epoch)
+        stats = RoundStats()
+        active = list(range(len(self.clients)))
+        while active:  # the pairs are independent; interleaving them stands in for running in parallel
+            for k in list(active):
+                result = mpsl_step(self.servers[k], [self.handles[k]], self.steps[k])
+                if result is None:
+                    active.remove(k)
+                    continue
+                self.steps[k] += 1
+                stats.add(result.loss, result.correct, result.count)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{stats.loss:.3f}")
+        for server, h in zip(self.servers, self.handles, strict=True):
+            server.end_epoch()
+            h.end_epoch()
+        return stats, [(trainable_state(server.model),
+                        carry(self.codec, h.traffic, Weights(epoch, len(c.data), trainable_state(c.model)), "up"))
+                       for c, server, h in zip(self.clients, self.servers, self.handles, strict=True)]
+
+    def synchronize(self, server_state: dict[str, torch.Tensor], merged: Weights) -> None:
+        """Every server copy takes the averaged server weights; every client receives the averaged client ones."""
+        for server in self.servers:
+            load_trainable(server.model, server_state)
+        for c, h in zip(self.clients, self.handles, strict=True):
+            load_trainable(c.model, carry(self.codec, h.traffic, merged, "down").tensors)
+
+
+def _actor_pairs(cfg: Config, ids: list[int], shards: list[SplitData], batches: list[int], client_template: ClientModel,
+                 server_template: ServerModel, task: Task) -> SplitFedPairs:
+    clients = [split_client(cfg, k, shard, batch, client_template, task)
+               for k, shard, batch in zip(ids, shards, batches, strict=True)]
+    return SplitFedPairs(clients, [split_server(copy.deepcopy(server_template), cfg) for _ in clients])
+
+
+def _pairs_train(pairs: SplitFedPairs, epoch: int) -> tuple[RoundStats, list[tuple[dict[str, torch.Tensor], Weights]]]:
+    stats, updates = pairs.train(epoch)
+    return stats, [({k: v.detach().cpu() for k, v in state.items()}, sent) for state, sent in updates]
+
+
+def _pairs_synchronize(pairs: SplitFedPairs, server_state: dict[str, torch.Tensor], merged: Weights) -> list[Traffic]:
+    pairs.synchronize(server_state, merged)
+    return [h.traffic for h in pairs.handles]
