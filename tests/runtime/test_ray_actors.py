@@ -6,10 +6,12 @@ One local Ray instance (2 CPUs) serves the whole module.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import shutil
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,8 @@ from mpsl.errors import ConfigError, MpslError
 from mpsl.experiment.methods import METHODS, Method
 from mpsl.experiment.results import RunResult
 from mpsl.experiment.run import run_method
-from mpsl.runtime.ray_actors import connect, slices
+from mpsl.protocol import Tokens
+from mpsl.runtime.ray_actors import RayParties, compact, connect, slices
 from tests.helpers import tiny_config
 
 TOLERANCE = 1e-6
@@ -93,6 +96,20 @@ def test_mpsl_on_ray_ends_with_the_weights_and_bytes_of_the_in_process_run(local
     assert remote.traffic()[0].messages > 0
 
 
+def test_a_message_holding_a_slice_of_a_stack_travels_with_its_own_elements_only() -> None:
+    # Prepare: client 1's tokens as a batched group hands them over, a view into all 500 clients' stack
+    stack = torch.randn(500, 2, 3, 4)  # [N, b, T, D]
+    msg = Tokens(1, 7, {"image": stack.unbind(0)[1]})  # [b, T, D] view
+
+    # Execute
+    sent = compact({1: msg})[1]
+
+    # Assert
+    assert len(pickle.dumps(sent)) < len(pickle.dumps(msg)) / 50  # the stack is 500x the slice
+    assert torch.equal(sent.tokens["image"], stack[1])
+    assert (sent.client_id, sent.step) == (1, 7)
+
+
 @pytest.mark.parametrize("name", ["fedavg", "splitfed"])
 def test_a_baseline_on_ray_ends_with_the_weights_and_bytes_of_the_in_process_run(local_ray, name: str) -> None:
     # Prepare: each actor trains its clients (SplitFed: client-server pairs) of the round; the driver averages
@@ -162,3 +179,24 @@ def test_a_ray_address_with_no_cluster_is_one_clear_error(monkeypatch) -> None:
     assert message.startswith(f"ray.address=127.0.0.1:{port}: no Ray cluster there")
     assert "ray start --head" in message
     assert "\n" not in message
+
+
+def _sleep(_party: object, seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_slow_or_dead_actor_stops_the_run_with_an_error_naming_it_instead_of_hanging(local_ray) -> None:
+    # Prepare: one actor hosting an empty party, answering within 3 s or failing
+    parties = RayParties([dict], ["client actor 0 (clients 0-9)"], cpus=1, gpus=0, timeout=3.0)
+
+    # Execute
+    with pytest.raises(MpslError) as slow:
+        parties.call(_sleep, 30.0)
+    local_ray.kill(parties.actors[0])
+    with pytest.raises(MpslError) as dead:
+        parties.call(_sleep, 0.0)
+
+    # Assert
+    assert str(slow.value) == "client actor 0 (clients 0-9): no answer within ray.timeout_s=3 s"
+    assert str(dead.value).startswith("a Ray actor of client actor 0 (clients 0-9) died")

@@ -35,6 +35,7 @@ from mpsl.files import read_json, write_atomically, write_json
 from mpsl.models import WholeModel
 from mpsl.registry import check_choices
 from mpsl.runtime import Traffic
+from mpsl.runtime.ray_actors import import_ray
 
 EXPERIMENT_FILE = "experiment.json"  # the compared methods, in order, and the backbone-scaling table
 CONFIG_FILE = "config.yaml"  # the resolved config of the last command that wrote the folder: `mpsl run` it again
@@ -212,6 +213,8 @@ def check_names(cfg: Config) -> None:
         except ImportError:
             raise ConfigError("logging.tensorboard: true needs the tensorboard package "
                               "(pip install 'mpsl[tensorboard]')") from None
+    if cfg.runtime.kind == "ray":
+        import_ray()  # the one-line error naming mpsl[ray], before any data is prepared
 
 
 def run_experiment(cfg: Config, reuse: bool = False, force: bool = False) -> list[RunResult]:

@@ -11,9 +11,12 @@ Ray is optional (`pip install 'mpsl[ray]'`): this module imports it only when a 
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
+
+import torch
 
 from mpsl.config import RayConfig
 from mpsl.errors import ClientUnavailable, ConfigError, MpslError
@@ -92,8 +95,26 @@ class PartyHost:
 
 
 def invoke(party: Any, verb: str, *args: Any) -> Any:
-    """A method of the party by name: how a ClientGroup verb reaches the group an actor holds."""
-    return getattr(party, verb)(*args)
+    """A method of the party by name: how a ClientGroup verb reaches the group an actor holds (its answer
+    compacted for the trip back)."""
+    return compact(getattr(party, verb)(*args))
+
+
+def compact(value: Any) -> Any:
+    """`value` with every tensor that views a larger storage replaced by a copy of just its elements.
+
+    Pickling a view sends its whole storage: a client's slice of a stacked [N, b, T, D] batch would carry all N
+    clients' tokens, N times per step. Dicts and (message) dataclasses are rebuilt, anything else kept.
+    """
+    if isinstance(value, torch.Tensor):
+        own = value.numel() * value.element_size()
+        return value.clone() if value.untyped_storage().nbytes() > own else value
+    if isinstance(value, dict):
+        return {k: compact(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: compact(getattr(value, f.name))
+                                             for f in dataclasses.fields(value) if f.init})
+    return value
 
 
 class RayParties:
@@ -173,7 +194,7 @@ class RayClientGroup:
         for cid, msg in msgs.items():
             if cid not in self._owner:
                 raise MpslError(f"no client actor holds client {cid}")
-            per_actor.setdefault(self._owner[cid], {})[cid] = msg
+            per_actor.setdefault(self._owner[cid], {})[cid] = compact(msg)  # [b_k, ...] slices of the batch
         answers: dict[int, Any] = {}
         for reply in self.parties.call_each(invoke, {i: (verb, per_actor[i]) for i in sorted(per_actor)}):
             answers.update(reply)
