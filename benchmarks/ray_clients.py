@@ -9,7 +9,8 @@ Each case runs in a fresh process: it trains `epochs` rounds and reports the tim
 building the parties and starting Ray are reported apart as set-up) and the peak RSS of every process: the
 driver, and on Ray each client actor and the server actor. Run:
 
-    .venv/bin/python benchmarks/ray_clients.py --case mpsl:100 mpsl:1000 fedavg:100 [--actors 2] [--epochs 2]
+    .venv/bin/python benchmarks/ray_clients.py --case mpsl:100 mpsl:1000 fedavg:100 [--actors 2] [--epochs 2] \\
+        [--runtimes inprocess ray] [--threads 1]
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import resource
 import subprocess
 import sys
 import time
+
+import torch
 
 from mpsl.config import load_config
 from mpsl.data import load_dataset
@@ -49,7 +52,8 @@ def measure(method: str, clients: int, runtime: str, actors: int, epochs: int, s
         t0 = time.perf_counter()
         trainer.train_round(epoch, progress=False)
         seconds.append(time.perf_counter() - t0)
-    row = {"method": method, "clients": clients, "runtime": runtime, "setup_s": setup, "round_s": seconds,
+    row = {"method": method, "clients": clients, "runtime": runtime, "threads": torch.get_num_threads(),
+           "setup_s": setup, "round_s": seconds,
            "driver_peak_mb": _peak_mb()}
     if runtime == "ray":
         client_actors = getattr(trainer, "remote", None)
@@ -69,25 +73,32 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--samples-per-client", type=int, default=2)
+    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
+    parser.add_argument("--threads", type=int, help="torch threads of the driver (default: torch's, one per core); "
+                        "each Ray actor computes on as many threads as it reserves CPUs")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # method:clients:runtime, in this process
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.one:
         method, clients, runtime = args.one.split(":")
         n = int(clients)
         print(json.dumps(measure(method, n, runtime, args.actors, args.epochs, n * args.samples_per_client)))
         return
-    print("| method | clients | runtime | set-up s | s per epoch/round | driver peak MB | "
+    print("| method | clients | runtime | driver threads | set-up s | s per epoch/round | driver peak MB | "
           "client actor peak MB | server actor peak MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
+    threads = ["--threads", str(args.threads)] if args.threads else []
     for case in args.case:
-        for runtime in RUNTIMES:
+        for runtime in args.runtimes:
             done = subprocess.run([sys.executable, __file__, "--one", f"{case}:{runtime}", "--actors",
                                    str(args.actors), "--epochs", str(args.epochs), "--samples-per-client",
-                                   str(args.samples_per_client)], capture_output=True, text=True, check=True)
+                                   str(args.samples_per_client), *threads], capture_output=True, text=True,
+                                  check=True)
             row = json.loads(done.stdout.strip().splitlines()[-1])
             actors = ", ".join(f"{m:.0f}" for m in row.get("client_actor_peak_mb", [])) or "-"
             server = f"{row['server_actor_peak_mb']:.0f}" if "server_actor_peak_mb" in row else "-"
-            print(f"| {row['method']} | {row['clients']} | {runtime} | {row['setup_s']:.1f} | "
+            print(f"| {row['method']} | {row['clients']} | {runtime} | {row['threads']} | {row['setup_s']:.1f} | "
                   f"{' / '.join(f'{s:.2f}' for s in row['round_s'])} | {row['driver_peak_mb']:.0f} | {actors} | "
                   f"{server} |", flush=True)
 

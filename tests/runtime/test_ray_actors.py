@@ -181,21 +181,17 @@ def test_a_ray_address_with_no_cluster_is_one_clear_error(monkeypatch) -> None:
     assert "\n" not in message
 
 
-def _sleep(_party: object, seconds: float) -> float:
-    time.sleep(seconds)
-    return seconds
-
-
 def test_a_slow_or_dead_actor_stops_the_run_with_an_error_naming_it_instead_of_hanging(local_ray) -> None:
-    # Prepare: one actor hosting an empty party, answering within 3 s or failing
-    parties = RayParties([dict], ["client actor 0 (clients 0-9)"], cpus=1, gpus=0, timeout=3.0)
+    # Prepare: one actor hosting an empty party (given time to start), then answering within 3 s or failing
+    parties = RayParties([dict], ["client actor 0 (clients 0-9)"], cpus=1, gpus=0, timeout=120.0)
+    parties.timeout = 3.0
 
     # Execute
     with pytest.raises(MpslError) as slow:
-        parties.call(_sleep, 30.0)
+        parties.call(lambda _party, s: time.sleep(s), 30.0)  # a lambda travels by value: no test module to import
     local_ray.kill(parties.actors[0])
     with pytest.raises(MpslError) as dead:
-        parties.call(_sleep, 0.0)
+        parties.call(lambda _party, s: time.sleep(s), 0.0)
 
     # Assert
     assert str(slow.value) == "client actor 0 (clients 0-9): no answer within ray.timeout_s=3 s"
