@@ -91,26 +91,31 @@ class PartyHost:
         self.party = build()
 
     def call(self, fn: Callable[..., R], *args: Any) -> R:
-        return fn(self.party, *args)
+        return compact(fn(self.party, *args))
 
 
 def invoke(party: Any, verb: str, *args: Any) -> Any:
-    """A method of the party by name: how a ClientGroup verb reaches the group an actor holds (its answer
-    compacted for the trip back)."""
-    return compact(getattr(party, verb)(*args))
+    """A method of the party by name: how a ClientGroup verb reaches the group an actor holds."""
+    return getattr(party, verb)(*args)
 
 
 def compact(value: Any) -> Any:
-    """`value` with every tensor that views a larger storage replaced by a copy of just its elements.
+    """`value` as it travels between actors: every tensor detached, on the host (as on the wire: an actor
+    without a GPU cannot unpickle a CUDA tensor; each receiver moves it to its device) and, when it views a
+    larger storage, copied to just its elements.
 
     Pickling a view sends its whole storage: a client's slice of a stacked [N, b, T, D] batch would carry all N
-    clients' tokens, N times per step. Dicts and (message) dataclasses are rebuilt, anything else kept.
+    clients' tokens, N times per step. Dicts, lists, tuples and (message) dataclasses are rebuilt, anything
+    else kept.
     """
     if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
         own = value.numel() * value.element_size()
         return value.clone() if value.untyped_storage().nbytes() > own else value
     if isinstance(value, dict):
         return {k: compact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple) and type(value) in (list, tuple):
+        return type(value)(compact(v) for v in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.replace(value, **{f.name: compact(getattr(value, f.name))
                                              for f in dataclasses.fields(value) if f.init})
@@ -137,7 +142,7 @@ class RayParties:
 
     def call_each(self, fn: Callable[..., R], args: Mapping[int, tuple[Any, ...]]) -> list[R]:
         """fn(party, *args[i]) in actor i, for the actors in `args`, concurrently; the answers in that order."""
-        refs = [self.actors[i].call.remote(fn, *a) for i, a in args.items()]
+        refs = [self.actors[i].call.remote(fn, *compact(a)) for i, a in args.items()]
         return self.gather(refs, [self.labels[i] for i in args])
 
     def gather(self, refs: list[Any], labels: list[str]) -> list[Any]:
@@ -194,7 +199,7 @@ class RayClientGroup:
         for cid, msg in msgs.items():
             if cid not in self._owner:
                 raise MpslError(f"no client actor holds client {cid}")
-            per_actor.setdefault(self._owner[cid], {})[cid] = compact(msg)  # [b_k, ...] slices of the batch
+            per_actor.setdefault(self._owner[cid], {})[cid] = msg
         answers: dict[int, Any] = {}
         for reply in self.parties.call_each(invoke, {i: (verb, per_actor[i]) for i in sorted(per_actor)}):
             answers.update(reply)
