@@ -24,7 +24,7 @@ from mpsl.experiment.methods import METHODS, Method
 from mpsl.experiment.results import RunResult
 from mpsl.experiment.run import run_method
 from mpsl.protocol import Tokens
-from mpsl.runtime.ray_actors import RayParties, compact, connect, slices
+from mpsl.runtime.ray_actors import RayParties, check_capacity, compact, connect, slices
 from tests.helpers import tiny_config
 
 TOLERANCE = 1e-6
@@ -179,6 +179,19 @@ def test_a_ray_address_with_no_cluster_is_one_clear_error(monkeypatch) -> None:
     assert message.startswith(f"ray.address=127.0.0.1:{port}: no Ray cluster there")
     assert "ray start --head" in message
     assert "\n" not in message
+
+
+def test_actors_the_cluster_cannot_hold_are_refused_before_any_waits_to_be_placed(local_ray) -> None:
+    # Execute: the module's instance has 2 CPUs and no GPU
+    with pytest.raises(ConfigError) as cpus:
+        check_capacity(RayConfig(actor_cpus=1.5), actors=2)
+    with pytest.raises(ConfigError) as gpus:
+        check_capacity(RayConfig(), actors=2, server_gpus=1)
+
+    # Assert
+    assert str(cpus.value) == "ray.actors: 2 client actors x ray.actor_cpus=1.5 need 3 CPUs, the Ray cluster has 2"
+    assert str(gpus.value) == "ray.server_gpus: the server actor asks for 1 GPUs, the Ray cluster has 0"
+    check_capacity(RayConfig(), actors=2)  # what fits passes
 
 
 def test_a_slow_or_dead_actor_stops_the_run_with_an_error_naming_it_instead_of_hanging(local_ray) -> None:

@@ -64,15 +64,16 @@ def _reachable(address: str, timeout: float = 5.0) -> None:
         raise ConnectionError(f"nothing answers at {host}:{port}: {exc.strerror or exc}") from None
 
 
-def check_capacity(cfg: RayConfig, actors: int) -> None:
-    """Refuse, before any actor waits forever to be placed, what the cluster cannot hold."""
+def check_capacity(cfg: RayConfig, actors: int, server_gpus: float = 0.0) -> None:
+    """Refuse, before any actor waits forever to be placed, what the cluster cannot hold: `actors` client
+    actors and a server actor on `server_gpus` GPUs."""
     have = import_ray().cluster_resources()
     cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
     if actors * cfg.actor_cpus > cpus:
         raise ConfigError(f"ray.actors: {actors} client actors x ray.actor_cpus={cfg.actor_cpus:g} need "
                           f"{actors * cfg.actor_cpus:g} CPUs, the Ray cluster has {cpus:g}")
-    if cfg.server_gpus > gpus:
-        raise ConfigError(f"ray.server_gpus: the server actor asks for {cfg.server_gpus:g} GPUs, "
+    if server_gpus > gpus:
+        raise ConfigError(f"ray.server_gpus: the server actor asks for {server_gpus:g} GPUs, "
                           f"the Ray cluster has {gpus:g}")
 
 

@@ -135,13 +135,13 @@ def whole_model_of(client_template: ClientModel, server_template: ServerModel, c
     return model
 
 
-def client_actors(cfg: Config, num_clients: int,
-                  build: Callable[[list[int]], Callable[[], Any]]) -> tuple[RayParties, list[list[int]]]:
+def client_actors(cfg: Config, num_clients: int, build: Callable[[list[int]], Callable[[], Any]],
+                  server_gpus: float = 0.0) -> tuple[RayParties, list[list[int]]]:
     """runtime.kind=ray: connect, then `ray.actors` actors, actor i holding what build(ids_i) builds for its
-    contiguous slice ids_i of the clients."""
+    contiguous slice ids_i of the clients (after checking that a server actor on `server_gpus` fits too)."""
     connect(cfg.ray)
     ids = slices(num_clients, cfg.ray.actors)
-    check_capacity(cfg.ray, len(ids))
+    check_capacity(cfg.ray, len(ids), server_gpus)
     labels = [f"client actor {i} (clients {s[0]}-{s[-1]})" for i, s in enumerate(ids)]
     return RayParties([build(s) for s in ids], labels, cfg.ray.actor_cpus, 0, cfg.ray.timeout_s), ids
 

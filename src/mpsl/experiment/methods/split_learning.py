@@ -131,7 +131,7 @@ class _RayMpsl:
         self.method = method
         self.clients, ids = client_actors(cfg, len(shards), lambda s: functools.partial(
             _actor_clients, cfg, s, [shards[k] for k in s], [batches[k] for k in s], method.client_template,
-            method.task, method.batched))
+            method.task, method.batched), cfg.ray.server_gpus)
         self.server = RayParties([functools.partial(_ServerLoop, cfg, method.server_template, self.clients, ids)],
                                  ["server actor"], 0, cfg.ray.server_gpus, cfg.ray.timeout_s)
         self.traffic = [Traffic() for _ in shards]
