@@ -173,6 +173,7 @@ class FLWorker:
 def _actor_worker(cfg: Config, client_template: ClientModel, server_template: ServerModel, shards: list[SplitData],
                   batches: list[int], ids: list[int], task: Task) -> FLWorker:
     """A client actor's party: its slice of federated clients and a model copy they train in turn."""
+    torch.manual_seed(cfg.seed)  # dropout draws from this process's generator: the same run by run
     model = whole_model_of(client_template, server_template, cfg)
     return FLWorker(model, fl_clients(cfg, shards, batches, ids), cfg, task)
 

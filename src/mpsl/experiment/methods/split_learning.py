@@ -155,6 +155,7 @@ class _RayMpsl:
 def _actor_clients(cfg: Config, ids: list[int], shards: list[SplitData], batches: list[int], template: ClientModel,
                    task: Task, batched: bool) -> ClientGroup:
     """A client actor's party: its slice of clients, built as in-process (same ids, seeds and weights)."""
+    torch.manual_seed(cfg.seed)
     clients = [split_client(cfg, k, shard, batch, template, task, not batched)
                for k, shard, batch in zip(ids, shards, batches, strict=True)]
     return _group(clients, batched, cfg, task)
@@ -171,6 +172,7 @@ class _ServerLoop:
     """The server actor's party: the one SplitServer and the step loop, talking to the client actors."""
 
     def __init__(self, cfg: Config, template: ServerModel, clients: RayParties, ids: list[list[int]]) -> None:
+        torch.manual_seed(cfg.seed)  # dropout draws from this process's generator: the same run by run
         self.server = split_server(copy.deepcopy(template), cfg)
         self.group = RayClientGroup(clients, ids)
         self.step = 0
@@ -293,6 +295,7 @@ class SplitFedPairs:
 
 def _actor_pairs(cfg: Config, ids: list[int], shards: list[SplitData], batches: list[int], client_template: ClientModel,
                  server_template: ServerModel, task: Task) -> SplitFedPairs:
+    torch.manual_seed(cfg.seed)
     clients = [split_client(cfg, k, shard, batch, client_template, task)
                for k, shard, batch in zip(ids, shards, batches, strict=True)]
     return SplitFedPairs(clients, [split_server(copy.deepcopy(server_template), cfg) for _ in clients])
