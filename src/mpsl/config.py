@@ -174,6 +174,21 @@ class RuntimeConfig:
     # server replicas under torchrun (README: Scaling out): the backend of their gradient sums. auto: nccl on CUDA,
     # else gloo; nccl needs CUDA. Ignored by a single process
     backend: Literal["auto", "gloo", "nccl"] = "auto"
+    # simulation only. inprocess: every party in this process; ray: the clients in Ray actors (section `ray`),
+    # the MPSL server in one more actor; the FL and SplitFed baselines train their clients in the actors
+    kind: Literal["inprocess", "ray"] = "inprocess"
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """runtime.kind: ray (needs `pip install 'mpsl[ray]'`); the in-process runtime ignores this section."""
+
+    address: str | None = None  # null: start Ray in this process; auto: join the `ray start` cluster; or host:port
+    actors: int = 2  # client actors; each holds a contiguous slice of the clients (many clients per actor)
+    actor_cpus: float = 1.0  # CPUs each client actor reserves (Ray's scheduling unit; also its torch threads)
+    server_gpus: float = 0.0  # GPUs the MPSL server actor asks for (0: it runs on a CPU)
+    local_cpus: int | None = None  # CPUs of the Ray instance started when address is null; null: all of them
+    timeout_s: float = 600.0  # seconds any actor call may take; then the run stops with an error naming the actor
 
 
 @dataclass(frozen=True)
@@ -246,6 +261,7 @@ class Config:
     deploy: DeployConfig = field(default_factory=DeployConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def replace(self, **overrides: Any) -> Config:
         """A copy with dotted overrides applied and validated, e.g. replace(**{"train.epochs": 1})."""
@@ -477,6 +493,7 @@ def validate(cfg: Config) -> None:
     _require(cfg.runtime.prefetch >= 0, "runtime.prefetch", f"must be 0 or more, got {cfg.runtime.prefetch}")
     _require(DEVICE_PATTERN.fullmatch(cfg.runtime.device) is not None, "runtime.device",
              f"{cfg.runtime.device!r} is not auto, cpu, cuda, cuda:N or mps")
+    _validate_ray(cfg.ray)
     dep = cfg.deploy
     _require(dep.step_timeout > 0, "deploy.step_timeout", "must be positive seconds")
     _require(dep.min_participants >= 1, "deploy.min_participants", "must be at least 1")
@@ -505,6 +522,16 @@ def validate(cfg: Config) -> None:
     per_round = cfg.fl.clients_per_round
     _require(per_round is None or 1 <= per_round <= cfg.num_clients, "fl.clients_per_round",
              f"must be between 1 and num_clients={cfg.num_clients}, got {per_round}")
+
+
+def _validate_ray(ray: RayConfig) -> None:
+    _require(ray.address is None or bool(ray.address.strip()), "ray.address",
+             "must be null (a local instance), auto, or host:port")
+    _require(ray.actors >= 1, "ray.actors", f"must be at least 1, got {ray.actors}")
+    _require(ray.actor_cpus > 0, "ray.actor_cpus", f"must be positive, got {ray.actor_cpus}")
+    _require(ray.server_gpus >= 0, "ray.server_gpus", f"must be 0 or more, got {ray.server_gpus}")
+    _require(ray.local_cpus is None or ray.local_cpus >= 1, "ray.local_cpus", "must be at least 1 (or null)")
+    _require(ray.timeout_s > 0, "ray.timeout_s", f"must be positive seconds, got {ray.timeout_s}")
 
 
 def check_clients_fit(cfg: Config, train_size: int) -> None:

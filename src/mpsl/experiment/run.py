@@ -36,11 +36,12 @@ from mpsl.models import WholeModel
 from mpsl.registry import check_choices
 from mpsl.runtime import Traffic
 from mpsl.runtime.distributed import TorchWorld
+from mpsl.runtime.ray_actors import import_ray
 
 EXPERIMENT_FILE = "experiment.json"  # the compared methods, in order, and the backbone-scaling table
 CONFIG_FILE = "config.yaml"  # the resolved config of the last command that wrote the folder: `mpsl run` it again
 # keys that do not change what a method computes: a saved result stays valid when only these differ
-_NOT_RESULT_KEYS = ("methods", "progress", "logging", "runtime")  # runtime: how, not what
+_NOT_RESULT_KEYS = ("methods", "progress", "logging", "runtime", "ray")  # runtime, ray: how, not what
 
 
 def _cost(method: Method) -> Cost:
@@ -141,6 +142,8 @@ def run_method(cfg: Config, dataset: Dataset, name: str, out_dir: Path, world: T
                 writer.add_scalar(f"{name}/{key}", value, epoch + 1)
     if writer is not None:
         writer.close()
+    # Ray actors go (on a failure they go with this process); evaluation reads the weights copied back
+    method.close()
 
     model = method.global_model()
     final = dict(history[-1].test)
@@ -223,6 +226,8 @@ def check_names(cfg: Config) -> None:
         except ImportError:
             raise ConfigError("logging.tensorboard: true needs the tensorboard package "
                               "(pip install 'mpsl[tensorboard]')") from None
+    if cfg.runtime.kind == "ray":
+        import_ray()  # the one-line error naming mpsl[ray], before any data is prepared
 
 
 def run_experiment(cfg: Config, reuse: bool = False, force: bool = False, tune: bool = False, seeds: int = 1,
@@ -251,6 +256,9 @@ def run_experiment(cfg: Config, reuse: bool = False, force: bool = False, tune: 
                         "use `mpsl compare` to reuse the methods that finished with the same settings")
     if world is not None and (tune or seeds > 1):
         raise ConfigError("--tune and --seeds run in one process: under torchrun, train one configuration per launch")
+    if world is not None and cfg.runtime.kind == "ray":
+        raise ConfigError("runtime.kind=ray under torchrun: Ray actors and server replicas are two ways to scale "
+                          "out; use one")
     if seeds > 1:
         return _run_seeds(cfg, run_dir, reuse, force, tune, seeds)
     if world is not None and not main:

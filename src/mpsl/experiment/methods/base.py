@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -17,12 +17,13 @@ import torch
 from mpsl.config import Config
 from mpsl.data import Dataset
 from mpsl.devices import compile_module, resolve_device
-from mpsl.models import ClientModel, WholeModel, build_split_model
+from mpsl.models import ClientModel, ServerModel, WholeModel, build_split_model
 from mpsl.parties import adam
 from mpsl.progress import Progress
 from mpsl.progress import progress_bar as stage_bar
 from mpsl.registry import Registry
 from mpsl.runtime import Traffic
+from mpsl.runtime.ray_actors import RayParties, check_capacity, connect, slices
 from mpsl.tasks import TASKS, Task
 
 
@@ -110,6 +111,10 @@ class Method(ABC):
     def traffic(self) -> list[Traffic]:
         """Encoded bytes per client so far; empty for a method with no network."""
 
+    def close(self) -> None:
+        """Release what the method holds outside this process (Ray actors); called once training is done."""
+        return None  # in-process methods hold nothing outside
+
 
 METHODS: Registry[type[Method]] = Registry("method", config_keys=("methods",))
 MethodT = TypeVar("MethodT", bound=Method)
@@ -129,10 +134,26 @@ def progress_bar(label: str, total: int, progress: bool) -> Progress:
 def whole_model(method: Method) -> WholeModel:
     """A trainable copy of the unsplit model on the configured device (the templates stay on the host,
     where the cost accounting reads them)."""
-    model = WholeModel(copy.deepcopy(method.client_template), copy.deepcopy(method.server_template))
-    model.to(resolve_device(method.cfg.runtime.device))
-    compile_module(model.server.encoder, method.cfg.runtime.compile)
+    return whole_model_of(method.client_template, method.server_template, method.cfg)
+
+
+def whole_model_of(client_template: ClientModel, server_template: ServerModel, cfg: Config) -> WholeModel:
+    """whole_model from the templates alone: what a Ray actor builds where it runs."""
+    model = WholeModel(copy.deepcopy(client_template), copy.deepcopy(server_template))
+    model.to(resolve_device(cfg.runtime.device))
+    compile_module(model.server.encoder, cfg.runtime.compile)
     return model
+
+
+def client_actors(cfg: Config, num_clients: int, build: Callable[[list[int]], Callable[[], Any]],
+                  server_gpus: float = 0.0) -> tuple[RayParties, list[list[int]]]:
+    """runtime.kind=ray: connect, then `ray.actors` actors, actor i holding what build(ids_i) builds for its
+    contiguous slice ids_i of the clients (after checking that a server actor on `server_gpus` fits too)."""
+    connect(cfg.ray)
+    ids = slices(num_clients, cfg.ray.actors)
+    check_capacity(cfg.ray, len(ids), server_gpus)
+    labels = [f"client actor {i} (clients {s[0]}-{s[-1]})" for i, s in enumerate(ids)]
+    return RayParties([build(s) for s in ids], labels, cfg.ray.actor_cpus, 0, cfg.ray.timeout_s), ids
 
 
 def whole_model_adam(model: WholeModel, cfg: Config) -> torch.optim.Optimizer | None:

@@ -9,27 +9,33 @@
 from __future__ import annotations
 
 import copy
+import functools
+from collections.abc import Callable
 from dataclasses import astuple
 from typing import Any
 
 import torch
 
 from mpsl.config import Config, client_batch_sizes
-from mpsl.data import Dataset
+from mpsl.data import Dataset, SplitData
 from mpsl.errors import ConfigError
 from mpsl.experiment.averaging import WeightedAverage, fedavg, load_trainable, trainable_state
 from mpsl.experiment.methods.base import (
     Method,
     RoundStats,
+    client_actors,
     progress_bar,
     register,
 )
-from mpsl.models import ClientModel, WholeModel
+from mpsl.models import ClientModel, ServerModel, WholeModel
 from mpsl.parties import client_shards, split_client, split_server
-from mpsl.protocol import ClientGroup, Codec, HandleGroup, SplitClient, Weights, mpsl_step
+from mpsl.progress import Progress
+from mpsl.protocol import ClientGroup, Codec, HandleGroup, SplitClient, SplitServer, Weights, mpsl_step
 from mpsl.runtime import InProcessHandle, Traffic, carry
 from mpsl.runtime.batched import BatchedClients, unsupported
 from mpsl.runtime.distributed import TorchWorld, owner, replica_share
+from mpsl.runtime.ray_actors import RayClientGroup, RayParties
+from mpsl.tasks import Task
 
 
 def _split_grid(cfg: Config) -> list[dict[str, Any]]:
@@ -46,6 +52,45 @@ def _clients(method: Method, optimizers: bool = True) -> list[SplitClient]:
             for k, (shard, batch) in enumerate(zip(shards, batches, strict=True))]
 
 
+def _group(clients: list[SplitClient], batched: bool, cfg: Config, task: Task) -> ClientGroup:
+    """The simulated clients behind the step's verbs: one batched computation, or one handle per client."""
+    if batched:
+        return BatchedClients(clients, task, cfg.train.client_lr, cfg.train.weight_decay, cfg.train.lr_step,
+                              cfg.train.lr_gamma)
+    return HandleGroup([InProcessHandle(c) for c in clients])
+
+
+def _group_clients(group: ClientGroup) -> list[SplitClient]:
+    return group.clients if isinstance(group, BatchedClients) else [h.client for h in group.handles]
+
+
+def _group_traffic(group: ClientGroup) -> list[Traffic]:
+    return group.traffic if isinstance(group, BatchedClients) else [h.traffic for h in group.handles]
+
+
+def mpsl_epoch(server: SplitServer, group: ClientGroup, epoch: int, step: int, bar: Progress | None = None,
+               after_step: Callable[[int], None] | None = None) -> tuple[RoundStats, int]:
+    """One MPSL epoch from global step `step`: steps until no client offers a batch; (stats, next step).
+    `after_step` is called with each step's number once it is done."""
+    group.start_epoch(epoch)
+    stats = RoundStats()
+    while (result := mpsl_step(server, group, step)) is not None:
+        for cid, reason in result.contained.items():  # simulated clients are honest: a diverging model
+            print(f"mpsl: step {step}: client {cid} left out by the server's guard: {reason}", flush=True)
+        if result.skipped is not None:
+            print(f"mpsl: step {step}: the server skipped its update: {result.skipped}", flush=True)
+        stats.add(result.loss, result.correct, result.count)  # normalized by samples actually seen
+        step += 1
+        if after_step is not None:
+            after_step(step)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats.loss:.3f}", clients=len(result.client_ids))
+    server.end_epoch()
+    group.end_epoch()
+    return stats, step
+
+
 @register
 class Mpsl(Method):
     """Multimodal Parallel Split Learning: client tokenizers, one shared server encoder."""
@@ -56,6 +101,13 @@ class Mpsl(Method):
 
     def __init__(self, cfg: Config, dataset: Dataset, world: TorchWorld | None = None) -> None:
         super().__init__(cfg, dataset)
+        on_ray = cfg.runtime.kind == "ray"
+        if world is not None and on_ray:
+            raise ConfigError("runtime.kind=ray under torchrun: Ray and server replicas are two ways to scale out; "
+                              "use one")
+        if cfg.train.client_sync_every is not None and (world is not None or on_ray):
+            raise ConfigError("train.client_sync_every averages every client's model mid-epoch, which server "
+                              "replicas and Ray actors do not hold together: use one process (runtime.kind=inprocess)")
         # runtime.clients: batched unless the client model needs the loop to keep the math (the reason is printed)
         self.fallback = None if cfg.runtime.clients == "loop" else unsupported(self.client_template, self.task)
         if self.fallback is not None:
@@ -63,40 +115,27 @@ class Mpsl(Method):
                   f"another: {self.fallback}", flush=True)
         self.batched = cfg.runtime.clients == "batched" and self.fallback is None
         self.world = world
-        self.clients = _clients(self, optimizers=not self.batched)  # every client, from the same seeds on every rank
+        # every client, from the same seeds on every rank; on Ray these are the driver's copies, refreshed after
+        # every epoch for evaluation, and they never train here
+        self.clients = _clients(self, optimizers=not (self.batched or on_ray))
         # with server replicas this rank runs only its share of the clients; the others' copies wait for `_share`
         mine = (self.clients if world is None else
                 [self.clients[k] for k in replica_share(world.rank, world.size, len(self.clients))])
         self.server = split_server(copy.deepcopy(self.server_template), cfg, world)  # the templates stay on the host
-        self.handles = [] if self.batched else [InProcessHandle(c) for c in mine]
-        self.group: ClientGroup = (
-            BatchedClients(mine, self.task, cfg.train.client_lr, cfg.train.weight_decay, cfg.train.lr_step,
-                           cfg.train.lr_gamma) if self.batched else HandleGroup(self.handles))
+        self.remote = _RayMpsl(self) if on_ray else None
+        self.group: ClientGroup | None = None if on_ray else _group(mine, self.batched, cfg, self.task)
         self.step = 0
         self._traffic: list[Traffic] | None = None  # every client's, shared by the replicas after a round
-        if cfg.train.client_sync_every is not None and world is not None:
-            raise ConfigError("train.client_sync_every averages every client's model mid-epoch, which server "
-                              "replicas do not hold: use one process")
         self.codec = Codec()
 
     def train_round(self, epoch: int, progress: bool) -> RoundStats:
-        self.group.start_epoch(epoch)
-        stats = RoundStats()
+        if self.remote is not None:
+            return self.remote.train_round(epoch)
         steps = max(-(-len(c.data) // c.batch_size) for c in self.clients)
+        sync = self.cfg.train.client_sync_every
         with progress_bar(f"mpsl epoch {epoch + 1}", steps, progress) as bar:
-            while (result := mpsl_step(self.server, self.group, self.step)) is not None:
-                for cid, reason in result.contained.items():  # simulated clients are honest: a diverging model
-                    print(f"mpsl: step {self.step}: client {cid} left out by the server's guard: {reason}", flush=True)
-                if result.skipped is not None:
-                    print(f"mpsl: step {self.step}: the server skipped its update: {result.skipped}", flush=True)
-                stats.add(result.loss, result.correct, result.count)  # normalized by samples actually seen
-                self.step += 1
-                if self.cfg.train.client_sync_every and self.step % self.cfg.train.client_sync_every == 0:
-                    self._sync_clients(epoch)
-                bar.update(1)
-                bar.set_postfix(loss=f"{stats.loss:.3f}", clients=len(result.client_ids))
-        self.server.end_epoch()
-        self.group.end_epoch()
+            stats, self.step = mpsl_epoch(self.server, self.group, epoch, self.step, bar,
+                                          lambda step: self._sync_clients(epoch) if sync and step % sync == 0 else None)
         if self.world is not None:
             self._share(self.world)
         return stats
@@ -104,7 +143,7 @@ class Mpsl(Method):
     def _sync_clients(self, epoch: int) -> None:
         """train.client_sync_every: a FedAvg exchange of the client models (weighted by samples), through the wire
         encoding and counted, written in place (batched clients' parameters are views of their stacks)."""
-        traffic = self._own_traffic()
+        traffic = _group_traffic(self.group)
         average = WeightedAverage()
         for c, t in zip(self.clients, traffic, strict=True):
             sent = carry(self.codec, t, Weights(epoch, len(c.data), trainable_state(c.model)), "up")
@@ -113,14 +152,10 @@ class Mpsl(Method):
         for c, t in zip(self.clients, traffic, strict=True):
             load_trainable(c.model, carry(self.codec, t, merged, "down").tensors)
 
-    def _own_traffic(self) -> list[Traffic]:
-        return self.group.traffic if isinstance(self.group, BatchedClients) else [h.traffic for h in self.handles]
-
     def _share(self, world: TorchWorld) -> None:
         """Every rank gets every client's weights, samples seen and bytes from the rank that ran it, so that each
         can evaluate, average and report the whole federation (one broadcast per client and dtype)."""
-        own = dict(zip((c.client_id for c in self.group.clients) if isinstance(self.group, BatchedClients)
-                       else (h.client_id for h in self.handles), self._own_traffic(), strict=True))
+        own = {c.client_id: t for c, t in zip(_group_clients(self.group), _group_traffic(self.group), strict=True)}
         self._traffic = []
         for k, c in enumerate(self.clients):
             t = own.get(c.client_id, Traffic())
@@ -139,7 +174,81 @@ class Mpsl(Method):
         return [c.model for c in self.clients] if len(self.clients) > 1 else []
 
     def traffic(self) -> list[Traffic]:
-        return self._own_traffic() if self._traffic is None else self._traffic
+        if self.remote is not None:
+            return self.remote.traffic
+        return _group_traffic(self.group) if self._traffic is None else self._traffic
+
+    def close(self) -> None:
+        if self.remote is not None:
+            self.remote.close()
+
+
+class _RayMpsl:
+    """runtime.kind=ray: the clients in `ray.actors` actors (a batched group or handles per slice, as
+    in-process), the server and its step loop in one more actor that may ask for a GPU. After every epoch the
+    driver copies the trained weights, samples seen and byte counts back into its own parties."""
+
+    def __init__(self, method: Mpsl) -> None:
+        cfg = method.cfg
+        shards = [c.data for c in method.clients]
+        batches = [c.batch_size for c in method.clients]
+        self.method = method
+        self.clients, ids = client_actors(cfg, len(shards), lambda s: functools.partial(
+            _actor_clients, cfg, s, [shards[k] for k in s], [batches[k] for k in s], method.client_template,
+            method.task, method.batched), cfg.ray.server_gpus)
+        self.server = RayParties([functools.partial(_ServerLoop, cfg, method.server_template, self.clients, ids)],
+                                 ["server actor"], 0, cfg.ray.server_gpus, cfg.ray.timeout_s)
+        self.traffic = [Traffic() for _ in shards]
+
+    def train_round(self, epoch: int) -> RoundStats:
+        [stats] = self.server.call(_server_epoch, epoch)
+        [state] = self.server.call(_server_state)
+        self.method.server.model.load_state_dict(state)
+        for reports in self.clients.call(_client_reports):
+            for cid, weights, seen, traffic in reports:
+                self.method.clients[cid].model.load_state_dict(weights)
+                self.method.clients[cid].samples_seen = seen
+                self.traffic[cid] = traffic
+        return stats
+
+    def close(self) -> None:
+        self.server.close()
+        self.clients.close()
+
+
+def _actor_clients(cfg: Config, ids: list[int], shards: list[SplitData], batches: list[int], template: ClientModel,
+                   task: Task, batched: bool) -> ClientGroup:
+    """A client actor's party: its slice of clients, built as in-process (same ids, seeds and weights)."""
+    torch.manual_seed(cfg.seed)
+    clients = [split_client(cfg, k, shard, batch, template, task, not batched)
+               for k, shard, batch in zip(ids, shards, batches, strict=True)]
+    return _group(clients, batched, cfg, task)
+
+
+def _client_reports(group: ClientGroup) -> list[tuple[int, dict[str, torch.Tensor], int, Traffic]]:
+    """Each client's weights (cloned: a batched client's parameters are views into every client's stack),
+    samples seen and bytes so far."""
+    return [(c.client_id, {k: v.detach().cpu().clone() for k, v in c.model.state_dict().items()}, c.samples_seen, t)
+            for c, t in zip(_group_clients(group), _group_traffic(group), strict=True)]
+
+
+class _ServerLoop:
+    """The server actor's party: the one SplitServer and the step loop, talking to the client actors."""
+
+    def __init__(self, cfg: Config, template: ServerModel, clients: RayParties, ids: list[list[int]]) -> None:
+        torch.manual_seed(cfg.seed)  # dropout draws from this process's generator: the same run by run
+        self.server = split_server(copy.deepcopy(template), cfg)
+        self.group = RayClientGroup(clients, ids)
+        self.step = 0
+
+
+def _server_epoch(loop: _ServerLoop, epoch: int) -> RoundStats:
+    stats, loop.step = mpsl_epoch(loop.server, loop.group, epoch, loop.step)
+    return stats
+
+
+def _server_state(loop: _ServerLoop) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in loop.server.model.state_dict().items()}
 
 
 @register
@@ -147,60 +256,122 @@ class SplitFed(Method):
     """SplitFed v1: a server-side model copy per client, both sides FedAvg-ed after every round."""
 
     name = "splitfed"
-    grid = staticmethod(_split_grid)
     schedule = "pairs"
+    grid = staticmethod(_split_grid)
     round_word = "round"
 
     def __init__(self, cfg: Config, dataset: Dataset) -> None:
         super().__init__(cfg, dataset)
-        self.clients = _clients(self)
-        self.servers = [split_server(copy.deepcopy(self.server_template), cfg) for _ in self.clients]
-        self.handles = [InProcessHandle(c) for c in self.clients]
-        self.codec = Codec()
-        self.steps = [0] * len(self.clients)
+        on_ray = cfg.runtime.kind == "ray"
+        self.clients = _clients(self, optimizers=not on_ray)
+        # on Ray the pairs train in the client actors; here one server copy is kept for evaluation
+        self.servers = [split_server(copy.deepcopy(self.server_template), cfg)
+                        for _ in (self.clients[:1] if on_ray else self.clients)]
+        self.pairs = None if on_ray else SplitFedPairs(self.clients, self.servers)
+        self.remote = None
+        self._traffic = [Traffic() for _ in self.clients]
+        if on_ray:
+            shards = [c.data for c in self.clients]
+            batches = [c.batch_size for c in self.clients]
+            self.remote, self.slices = client_actors(cfg, len(shards), lambda ids: functools.partial(
+                _actor_pairs, cfg, ids, [shards[k] for k in ids], [batches[k] for k in ids], self.client_template,
+                self.server_template, self.task))
 
     def train_round(self, epoch: int, progress: bool) -> RoundStats:
-        for h in self.handles:
-            h.start_epoch(epoch)
-        stats = RoundStats()
-        active = list(range(len(self.clients)))
-        total = sum(-(-len(c.data) // c.batch_size) for c in self.clients)
-        with progress_bar(f"splitfed round {epoch + 1}", total, progress) as bar:
-            while active:  # the pairs are independent; interleaving them stands in for running in parallel
-                for k in list(active):
-                    result = mpsl_step(self.servers[k], [self.handles[k]], self.steps[k])
-                    if result is None:
-                        active.remove(k)
-                        continue
-                    self.steps[k] += 1
-                    stats.add(result.loss, result.correct, result.count)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{stats.loss:.3f}")
-        for server, h in zip(self.servers, self.handles, strict=True):
-            server.end_epoch()
-            h.end_epoch()
-        self._synchronize(epoch)
-        return stats
-
-    def _synchronize(self, epoch: int) -> None:
+        if self.remote is None:
+            total = sum(-(-len(c.data) // c.batch_size) for c in self.clients)
+            with progress_bar(f"splitfed round {epoch + 1}", total, progress) as bar:
+                stats, updates = self.pairs.train(epoch, bar)
+        else:  # each actor steps its pairs; the updates come back in client order
+            stats, updates = RoundStats(), []
+            for part_stats, part in self.remote.call(_pairs_train, epoch):
+                stats.add(part_stats.loss, part_stats.correct, part_stats.count, part_stats.steps)
+                updates += part
         weights = [len(c.data) for c in self.clients]
         servers = WeightedAverage()  # on the server itself: no network
-        for server, w in zip(self.servers, weights, strict=True):
-            servers.add(trainable_state(server.model), w)
-        server_state = servers.result()
-        for server in self.servers:
-            load_trainable(server.model, server_state)
-
+        for (server_state, _), w in zip(updates, weights, strict=True):
+            servers.add(server_state, w)
         clients = WeightedAverage()  # client sides: a FedAvg exchange through the wire encoding
-        for c, h in zip(self.clients, self.handles, strict=True):
-            sent = carry(self.codec, h.traffic, Weights(epoch, len(c.data), trainable_state(c.model)), "up")
+        for _, sent in updates:
             clients.add(sent.tensors, sent.num_samples)
-        merged = Weights(epoch, 0, clients.result())
-        for c, h in zip(self.clients, self.handles, strict=True):
-            load_trainable(c.model, carry(self.codec, h.traffic, merged, "down").tensors)
+        server_state, merged = servers.result(), Weights(epoch, 0, clients.result())
+        if self.remote is None:
+            self.pairs.synchronize(server_state, merged)
+        else:
+            self._traffic = [t for part in self.remote.call(_pairs_synchronize, server_state, merged) for t in part]
+            load_trainable(self.servers[0].model, server_state)
+            load_trainable(self.clients[0].model, merged.tensors)
+        return stats
 
     def global_model(self) -> WholeModel:
         return WholeModel(self.clients[0].model, self.servers[0].model)  # all copies equal after a round
 
     def traffic(self) -> list[Traffic]:
-        return [h.traffic for h in self.handles]
+        return self._traffic if self.remote is not None else [h.traffic for h in self.pairs.handles]
+
+    def close(self) -> None:
+        if self.remote is not None:
+            self.remote.close()
+
+
+class SplitFedPairs:
+    """SplitFed's client-server pairs, each client stepped with its own server copy: in this process, or a
+    client actor's slice of them."""
+
+    def __init__(self, clients: list[SplitClient], servers: list[SplitServer]) -> None:
+        self.clients = clients
+        self.servers = servers
+        self.handles = [InProcessHandle(c) for c in clients]
+        self.codec = Codec()
+        self.steps = [0] * len(clients)
+
+    def train(self, epoch: int, bar: Progress | None = None
+              ) -> tuple[RoundStats, list[tuple[dict[str, torch.Tensor], Weights]]]:
+        """One round of every pair; the stats, and per client its server copy's trainable weights and the client
+        weights that arrived through the wire encoding."""
+        for h in self.handles:
+            h.start_epoch(epoch)
+        stats = RoundStats()
+        active = list(range(len(self.clients)))
+        while active:  # the pairs are independent; interleaving them stands in for running in parallel
+            for k in list(active):
+                result = mpsl_step(self.servers[k], [self.handles[k]], self.steps[k])
+                if result is None:
+                    active.remove(k)
+                    continue
+                self.steps[k] += 1
+                stats.add(result.loss, result.correct, result.count)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{stats.loss:.3f}")
+        for server, h in zip(self.servers, self.handles, strict=True):
+            server.end_epoch()
+            h.end_epoch()
+        return stats, [(trainable_state(server.model),
+                        carry(self.codec, h.traffic, Weights(epoch, len(c.data), trainable_state(c.model)), "up"))
+                       for c, server, h in zip(self.clients, self.servers, self.handles, strict=True)]
+
+    def synchronize(self, server_state: dict[str, torch.Tensor], merged: Weights) -> None:
+        """Every server copy takes the averaged server weights; every client receives the averaged client ones."""
+        for server in self.servers:
+            load_trainable(server.model, server_state)
+        for c, h in zip(self.clients, self.handles, strict=True):
+            load_trainable(c.model, carry(self.codec, h.traffic, merged, "down").tensors)
+
+
+def _actor_pairs(cfg: Config, ids: list[int], shards: list[SplitData], batches: list[int], client_template: ClientModel,
+                 server_template: ServerModel, task: Task) -> SplitFedPairs:
+    torch.manual_seed(cfg.seed)
+    clients = [split_client(cfg, k, shard, batch, client_template, task)
+               for k, shard, batch in zip(ids, shards, batches, strict=True)]
+    return SplitFedPairs(clients, [split_server(copy.deepcopy(server_template), cfg) for _ in clients])
+
+
+def _pairs_train(pairs: SplitFedPairs, epoch: int) -> tuple[RoundStats, list[tuple[dict[str, torch.Tensor], Weights]]]:
+    stats, updates = pairs.train(epoch)
+    return stats, [({k: v.detach().cpu() for k, v in state.items()}, sent) for state, sent in updates]
+
+
+def _pairs_synchronize(pairs: SplitFedPairs, server_state: dict[str, torch.Tensor], merged: Weights) -> list[Traffic]:
+    pairs.synchronize(server_state, merged)
+    return [h.traffic for h in pairs.handles]
