@@ -23,9 +23,8 @@ from mpsl.deploy.common import (
     save_state,
 )
 from mpsl.errors import MpslError
-from mpsl.models import build_split_model
-from mpsl.parties import client_shards, split_client
-from mpsl.protocol import CutGrad, FeatureGrad, Features, SplitClient, Tokens
+from mpsl.parties import client_shards, split_client, templates
+from mpsl.protocol import CutGrad, EpochMetrics, FeatureGrad, Features, SplitClient, Tokens
 from mpsl.registry import check_choices
 from mpsl.runtime.network.address import with_default_port
 from mpsl.runtime.network.dialer import dial
@@ -58,8 +57,8 @@ class ClientApp:
     def cut_grad(self, msg: CutGrad) -> None:
         self.client.cut_grad(msg)
 
-    def end_epoch(self) -> None:
-        self.client.end_epoch()
+    def end_epoch(self) -> EpochMetrics:
+        return self.client.end_epoch()
 
     def samples(self) -> int:
         return len(self.client.data)
@@ -109,7 +108,7 @@ async def run_client(cfg: Config, target: str, client_id: int, resume: bool, tok
     else:  # simulating num_clients devices on one dataset: this client's partition of it
         shards = client_shards(cfg, dataset)
         shard, batch = shards[client_id], client_batch_sizes(cfg, [len(s) for s in shards])[client_id]
-    template, _ = build_split_model(cfg.model, dataset.spec, cfg.seed)
+    template, _ = templates(cfg, dataset.spec)
     task = TASKS.get(dataset.spec.task)()
     app = ClientApp(split_client(cfg, client_id, shard, batch, template, task),
                           checkpoint_dir(cfg, f"client-{client_id}"))

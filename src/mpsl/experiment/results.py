@@ -104,6 +104,16 @@ class Versions:
 
 
 @dataclass(frozen=True)
+class Privacy:
+    """The (epsilon, delta) of the run's privacy noise (privacy.token_noise, privacy.grad_noise), from the
+    dp-accounting RDP accountant (mpsl.analysis.privacy); epsilon None: that mechanism is off or noiseless."""
+
+    delta: float
+    epsilon_tokens: float | None  # the inputs, through the cut-layer tokens
+    epsilon_labels: float | None  # the labels, through the returned feature gradients
+
+
+@dataclass(frozen=True)
 class RunResult:
     """One method trained on one config: its history, final metrics, traffic, cost and provenance."""
 
@@ -127,6 +137,7 @@ class RunResult:
     client_batch_size: int
     wall_seconds: float
     versions: Versions
+    privacy: Privacy | None = None  # split-learning methods: what the privacy settings spent
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -31,8 +31,8 @@ from mpsl.protocol.server import SplitServer
 class StepResult:
     client_ids: list[int]  # clients whose gradients the server step used
     batch_sizes: list[int]
-    loss: float  # the aggregate sum_k (b_k / B) L_k over those clients
-    correct: int
+    loss: float | None  # the aggregate sum_k (b_k / B) L_k over those clients; None without step metrics
+    correct: int | None  # None without step metrics (privacy.step_metrics: clients report per epoch instead)
     count: int
     dropped: list[int] = field(default_factory=list)  # unavailable at some point of the step
 
@@ -112,11 +112,12 @@ def mpsl_step(server: SplitServer, clients: ClientGroup | Sequence[ClientHandle]
             cut[k] = {m: slices[m][i] for m in tokens}
     acks = group.cut_grad({ids[k]: CutGrad(step, cut[k], sizes[k] / remaining) for k in kept})
     late = [cid for cid, ack in acks.items() if isinstance(ack, ClientUnavailable)]
+    metrics = all(replies[k].loss is not None and replies[k].correct is not None for k in kept)
     return StepResult(
         client_ids=[ids[k] for k in kept],
         batch_sizes=[sizes[k] for k in kept],
-        loss=sum(sizes[k] / remaining * replies[k].loss for k in kept),
-        correct=sum(replies[k].correct for k in kept),
+        loss=sum(sizes[k] / remaining * replies[k].loss for k in kept) if metrics else None,
+        correct=sum(replies[k].correct for k in kept) if metrics else None,
         count=sum(replies[k].count for k in kept),
         dropped=dropped + late,
     )

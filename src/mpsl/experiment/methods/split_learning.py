@@ -9,9 +9,11 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 
 from mpsl.config import Config, client_batch_sizes
 from mpsl.data import Dataset
+from mpsl.errors import ClientUnavailable
 from mpsl.experiment.averaging import WeightedAverage, fedavg, load_trainable, trainable_state
 from mpsl.experiment.methods.base import (
     Method,
@@ -21,7 +23,7 @@ from mpsl.experiment.methods.base import (
 )
 from mpsl.models import ClientModel, WholeModel
 from mpsl.parties import client_shards, split_client, split_server
-from mpsl.protocol import ClientGroup, Codec, HandleGroup, SplitClient, Weights, mpsl_step
+from mpsl.protocol import ClientGroup, Codec, EpochMetrics, HandleGroup, SplitClient, Weights, mpsl_step
 from mpsl.runtime import InProcessHandle, Traffic, carry
 from mpsl.runtime.batched import BatchedClients, unsupported
 
@@ -33,6 +35,16 @@ def _clients(method: Method, optimizers: bool = True) -> list[SplitClient]:
             for k, (shard, batch) in enumerate(zip(shards, batches, strict=True))]
 
 
+def epoch_metrics(stats: RoundStats, reports: Mapping[int, EpochMetrics | ClientUnavailable]) -> None:
+    """The round's training loss and accuracy from the clients' epoch reports (summed over their samples),
+    the same totals the steps' metrics would add up to."""
+    for report in reports.values():
+        if isinstance(report, EpochMetrics):
+            stats.loss_sum += report.loss_sum
+            stats.correct += report.correct
+            stats.count += report.count
+
+
 @register
 class Mpsl(Method):
     """Multimodal Parallel Split Learning: client tokenizers, one shared server encoder."""
@@ -42,7 +54,9 @@ class Mpsl(Method):
     def __init__(self, cfg: Config, dataset: Dataset) -> None:
         super().__init__(cfg, dataset)
         # runtime.clients: batched unless the client model needs the loop to keep the math (the reason is printed)
-        self.fallback = None if cfg.runtime.clients == "loop" else unsupported(self.client_template, self.task)
+        self.fallback = None if cfg.runtime.clients == "loop" else (
+            unsupported(self.client_template, self.task)
+            or ("privacy.nopeek needs each client's raw inputs at its backward" if cfg.privacy.nopeek else None))
         if self.fallback is not None:
             print(f"mpsl: runtime.clients=batched cannot run this client model exactly, so clients run one after "
                   f"another: {self.fallback}", flush=True)
@@ -61,12 +75,13 @@ class Mpsl(Method):
         steps = max(-(-len(c.data) // c.batch_size) for c in self.clients)
         with progress_bar(f"mpsl epoch {epoch + 1}", steps, progress) as bar:
             while (result := mpsl_step(self.server, self.group, self.step)) is not None:
-                stats.add(result.loss, result.correct, result.count)  # normalized by samples actually seen
+                stats.steps += 1
                 self.step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{stats.loss:.3f}", clients=len(result.client_ids))
+                if result.loss is not None:  # step metrics (privacy.step_metrics): a running loss to show
+                    bar.set_postfix(loss=f"{result.loss:.3f}", clients=len(result.client_ids))
         self.server.end_epoch()
-        self.group.end_epoch()
+        epoch_metrics(stats, self.group.end_epoch())
         return stats
 
     def global_model(self) -> WholeModel:
@@ -111,12 +126,11 @@ class SplitFed(Method):
                         active.remove(k)
                         continue
                     self.steps[k] += 1
-                    stats.add(result.loss, result.correct, result.count)
+                    stats.steps += 1
                     bar.update(1)
-                    bar.set_postfix(loss=f"{stats.loss:.3f}")
-        for server, h in zip(self.servers, self.handles, strict=True):
+        for server in self.servers:
             server.end_epoch()
-            h.end_epoch()
+        epoch_metrics(stats, {h.client_id: h.end_epoch() for h in self.handles})
         self._synchronize(epoch)
         return stats
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mpsl.errors import ProtocolError
-from mpsl.protocol import FeatureGrad, Tokens
+from mpsl.protocol import EpochMetrics, FeatureGrad, Tokens
 from mpsl.protocol.messages import fits_modalities
 
 
@@ -47,6 +47,15 @@ class Expected:
         if tuple(msg.grad.shape) != shape:
             raise ProtocolError(f"feature gradient of shape {tuple(msg.grad.shape)}, the features were {shape}")
         batch = shape[0] if shape else 0
-        if msg.count != batch or not 0 <= msg.correct <= msg.count:  # they add up in the server's logged totals
+        if (msg.loss is None) != (msg.correct is None):
+            raise ProtocolError("step metrics: a loss without a correct count, or the other way round")
+        correct = 0 if msg.correct is None else msg.correct
+        if msg.count != batch or not 0 <= correct <= msg.count:  # they add up in the server's logged totals
             raise ProtocolError(f"metrics out of range: correct {msg.correct} of {msg.count}, the batch is "
                                 f"{batch} samples")
+
+    @staticmethod
+    def check_metrics(msg: EpochMetrics) -> None:
+        if not 0 <= msg.correct <= msg.count:
+            raise ProtocolError(f"epoch metrics out of range: correct {msg.correct} of {msg.count}, "
+                                f"loss sum {msg.loss_sum}")
