@@ -38,3 +38,20 @@ def test_a_client_head_leaks_labels_to_a_server_that_knows_the_clients_seed_only
     image = scores["known-tokenizer inversion, image (leaked client seed) PSNR dB"]
     assert image.value > image.chance + 10
     assert scores["known-tokenizer inversion, image (server's template) PSNR dB"].value < image.chance + 1
+
+
+def test_results_json_carries_the_epsilon_the_accountant_gives_for_the_run(tmp_path) -> None:
+    # Prepare
+    from mpsl.analysis.privacy import privacy_spent
+    from mpsl.experiment.results import RunResult
+    from mpsl.experiment.run import run_experiment
+
+    cfg = tiny_config("methods=[mpsl]", f"out_dir={tmp_path}", "eval.personalized=false", "eval.ablations=false",
+                      "privacy.token_clip=20", "privacy.token_noise=2", "privacy.grad_clip=1", "privacy.grad_noise=3")
+    # Execute
+    run_experiment(cfg)
+    saved = RunResult.load(tmp_path / cfg.name / "mpsl" / "results.json")
+    # Assert
+    spent = privacy_spent(cfg.privacy, 1)
+    assert saved.privacy.epsilon_tokens == spent.epsilon_tokens and saved.privacy.epsilon_labels == spent.epsilon_labels
+    assert 0 < spent.epsilon_labels < spent.epsilon_tokens and saved.privacy.delta == 1e-5

@@ -121,3 +121,32 @@ def test_batched_clients_draw_the_same_noise_as_the_loop(head: str) -> None:
         for (name, p), q in zip(a.model.named_parameters(), b.model.parameters(), strict=True):
             torch.testing.assert_close(p, q, atol=1e-5, rtol=0, msg=name)
         assert torch.equal(a.noise.get_state(), b.noise.get_state())
+
+
+def test_distance_correlation_is_one_for_a_similarity_and_falls_with_dependence() -> None:
+    from mpsl.protocol.privacy import distance_correlation
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 6)
+    rotation, _ = torch.linalg.qr(torch.randn(6, 6))
+    assert distance_correlation(x, 3 * x @ rotation + 1).item() == pytest.approx(1.0, abs=1e-4)
+    noise = torch.randn(64, 6)
+    assert distance_correlation(x, noise) < distance_correlation(x, x + noise) < distance_correlation(x, x + noise / 4)
+
+
+def test_nopeek_adds_its_term_to_the_clients_backward_only() -> None:
+    # Prepare: one step of the same client with and without the penalty (which batched clients leave to the loop)
+    cfg = tiny_config("partition.kind=iid")
+    data = load_dataset(cfg.data)
+    plain = Mpsl(cfg.replace(**{"runtime.clients": "loop"}), data)
+    peek = Mpsl(cfg.replace(**{"privacy.nopeek": 1.0}), data)
+    assert not peek.batched and "nopeek" in peek.fallback
+    # Execute
+    for method in (plain, peek):
+        method.group.start_epoch(0)
+        mpsl_step(method.server, method.group, 0)
+    # Assert: the server's update is the same (its messages are), the clients' tokenizers moved differently
+    for p, q in zip(plain.server.model.parameters(), peek.server.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert not torch.equal(plain.clients[0].model.tokenizers["image"].proj.weight,
+                           peek.clients[0].model.tokenizers["image"].proj.weight)
