@@ -71,13 +71,15 @@ def split_client(cfg: Config, k: int, shard: SplitData, batch: int, template: Cl
     model = copy.deepcopy(template).to(resolve_device(cfg.runtime.device))
     opt = adam([(model.parameters(), cfg.train.client_lr)], cfg.train.weight_decay) if optimizer else None
     return SplitClient(k, model, shard, task, batch, opt, step_lr(opt, cfg), client_seed(cfg, k), cfg.runtime.prefetch,
-                       client_privacy(cfg))
+                       client_privacy(cfg, k))
 
 
-def client_privacy(cfg: Config) -> ClientPrivacy:
-    """What each client does to its messages (the config's `privacy` section)."""
+def client_privacy(cfg: Config, k: int) -> ClientPrivacy:
+    """What client k does to its messages (the config's `privacy` section); its noise is seeded from the
+    clients' seed, which the server does not need, not from `seed`, which it has."""
     p = cfg.privacy
-    return ClientPrivacy(p.step_metrics, p.grad_clip, p.grad_noise, p.token_clip, p.token_noise, p.nopeek)
+    return ClientPrivacy(p.step_metrics, p.grad_clip, p.grad_noise, p.token_clip, p.token_noise, p.nopeek,
+                         noise_seed=client_init_seed(cfg) * 1013 + k)
 
 
 def split_server(model: ServerModel, cfg: Config) -> SplitServer:

@@ -22,7 +22,7 @@ from mpsl.deploy.common import (
     report,
     save_state,
 )
-from mpsl.errors import MpslError
+from mpsl.errors import ConfigError, MpslError
 from mpsl.parties import client_shards, split_client, templates
 from mpsl.protocol import CutGrad, EpochMetrics, FeatureGrad, Features, SplitClient, Tokens
 from mpsl.registry import check_choices
@@ -102,6 +102,10 @@ async def run_client(cfg: Config, target: str, client_id: int, resume: bool, tok
     if not 0 <= client_id < cfg.num_clients:
         raise MpslError(f"--client-id {client_id}: must be in 0..{cfg.num_clients - 1} (num_clients)")
     check_choices(cfg)
+    noisy = cfg.privacy.token_noise > 0 or cfg.privacy.grad_noise > 0
+    if noisy and cfg.privacy.client_seed is None:
+        raise ConfigError("privacy.client_seed: privacy noise is seeded from it, and null derives it from `seed`, "
+                          "which the server has (it could subtract the noise): give the clients a secret value")
     dataset = load_dataset(cfg.data, cfg.progress)
     if whole_split:  # the device's own data: everything its loader returns, batch ceil(B / N)
         shard, batch = dataset.train, client_batch_size(cfg)

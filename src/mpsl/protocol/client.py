@@ -50,7 +50,7 @@ class SplitClient:
         self.samples_seen = 0
         self.epoch: int | None = None
         self.privacy = privacy or ClientPrivacy()
-        self.noise = torch.Generator().manual_seed(seed + 7)  # the privacy mechanisms' noise, on the host
+        self.noise = torch.Generator().manual_seed(self.privacy.noise_seed)  # the mechanisms' noise, on the host
         self._inputs: dict[str, torch.Tensor] | None = None  # the open step's raw inputs (NoPeek only)
         self._step_metrics: tuple[float, int, int] | None = None  # the open step's loss sum, correct, count
         self.metrics = [0.0, 0, 0]  # this epoch's loss sum, correct, count over the steps completed

@@ -7,8 +7,9 @@ them together) are scaled down to L2 norm at most `clip`, then each element gets
     gradients    g_i -> clip(g_i) + N(0, (sigma_g C_g)^2)          g_i = d l_i / d features_i, the gradient of
                                                                   sample i's own loss (label privacy)
 
-The noise is drawn from the client's own generator on the host, so a seeded run gets the same noise however
-its clients are executed (one after another, or batched).
+The noise is drawn from the client's own generator on the host (seeded from the clients' secret seed, never
+from anything the server has), so a seeded run gets the same noise however its clients are executed (one
+after another, batched, or over gRPC).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class ClientPrivacy:
     token_clip: float | None = None  # per-sample L2 bound of the tokens (all modalities together); None: off
     token_noise: float = 0.0  # noise std as a multiple of token_clip
     nopeek: float = 0.0  # weight of distance correlation(inputs, tokens) in the client's loss
+    noise_seed: int = 0  # seeds the client's noise: a server that knows it can subtract the noise, so keep it secret
 
     def __post_init__(self) -> None:
         for clip, noise in ((self.grad_clip, self.grad_noise), (self.token_clip, self.token_noise)):
