@@ -100,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="the second bytes column (the first is fp32)")
     cost.add_argument("--write", metavar="FILE", help="with --all: write the Markdown report (docs/costs.md)")
 
+    privacy = sub.add_parser("privacy", help="train MPSL and attack it as the server: label inference and input "
+                                             "reconstruction per epoch (docs/privacy.md)")
+    privacy.add_argument("config", help=CONFIG_HELP)
+    privacy.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. privacy.grad_clip=1 train.epochs=2")
+    privacy.add_argument("--write", metavar="FILE", help="also write the Markdown table to FILE")
+
     status = sub.add_parser("status", help="connected clients and progress of a running mpsl server")
     status.add_argument("--server", required=True, metavar="HOST[:PORT]", help=DEFAULT_PORT_HELP)
     status.add_argument("--tls-ca", metavar="FILE")
@@ -305,6 +311,23 @@ def _client(args: argparse.Namespace) -> None:
                            log_format=args.log_format))
 
 
+def _privacy(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mpsl.config import load_config
+    from mpsl.data import load_dataset
+    from mpsl.experiment.privacy import audit, audit_table
+    from mpsl.registry import check_choices
+
+    cfg = load_config(args.config, args.overrides)
+    check_choices(cfg)
+    table = audit_table(audit(cfg, load_dataset(cfg.data, cfg.progress)))
+    print(table)
+    if args.write:
+        Path(args.write).write_text(table + "\n")
+        print(f"wrote {args.write}")
+
+
 def _cost(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -365,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     commands = {"run": _run, "compare": _run, "demo": _run, "data": _data, "report": _report, "eval": _eval,
                 "export": _export, "server": _server, "client": _client, "status": _status, "cost": _cost,
-                "list": _list}
+                "privacy": _privacy, "list": _list}
     try:
         commands[args.command](args)
     except MpslError as exc:

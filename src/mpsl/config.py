@@ -231,6 +231,31 @@ class GuardConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """What the server may learn from the messages (docs/privacy.md measures each setting)."""
+
+    # seed of the client-side initialization (tokenizers, client head): shared by the clients, never sent to the
+    # server, so the server cannot rebuild the clients' starting weights from its own config. null: derived from
+    # `seed` (reproducible, and different from the server's, but rebuildable by anyone with this whole config:
+    # in a deployment give the clients a secret value the server's config lacks)
+    client_seed: int | None = None
+    # true: every feature gradient carries the client's step loss and correct count (debugging; they reveal labels).
+    # false: clients report loss and accuracy once per epoch, summed over all their samples
+    step_metrics: bool = False
+    # label protection: each sample's returned feature gradient (of its own loss) is clipped to grad_clip (L2) and
+    # gets Gaussian noise of std grad_noise x grad_clip; grad_clip null: off
+    grad_clip: float | None = None
+    grad_noise: float = 0.0
+    # input protection: each sample's cut-layer tokens (all modalities together) are clipped to token_clip (L2) and
+    # get Gaussian noise of std token_noise x token_clip; the (epsilon, delta) this gives is in results.json
+    token_clip: float | None = None
+    token_noise: float = 0.0
+    delta: float = 1e-5  # the delta of the reported (epsilon, delta)
+    # NoPeek: the client adds nopeek x distance correlation(raw inputs, tokens) to its loss; 0: off
+    nopeek: float = 0.0
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     tensorboard: bool = False  # event files in runs/<name>/<method>/tensorboard (needs `tensorboard`)
 
@@ -262,6 +287,7 @@ class Config:
     guard: GuardConfig = field(default_factory=GuardConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def replace(self, **overrides: Any) -> Config:
         """A copy with dotted overrides applied and validated, e.g. replace(**{"train.epochs": 1})."""
@@ -519,6 +545,7 @@ def validate(cfg: Config) -> None:
     _require(dep.quarantine_s >= 0, "deploy.quarantine_s", "must be 0 (never) or positive seconds")
     _require(dep.quarantine_max_s >= dep.quarantine_s, "deploy.quarantine_max_s",
              "must be at least deploy.quarantine_s")
+    _validate_privacy(cfg.privacy)
     per_round = cfg.fl.clients_per_round
     _require(per_round is None or 1 <= per_round <= cfg.num_clients, "fl.clients_per_round",
              f"must be between 1 and num_clients={cfg.num_clients}, got {per_round}")
@@ -532,6 +559,17 @@ def _validate_ray(ray: RayConfig) -> None:
     _require(ray.server_gpus >= 0, "ray.server_gpus", f"must be 0 or more, got {ray.server_gpus}")
     _require(ray.local_cpus is None or ray.local_cpus >= 1, "ray.local_cpus", "must be at least 1 (or null)")
     _require(ray.timeout_s > 0, "ray.timeout_s", f"must be positive seconds, got {ray.timeout_s}")
+
+
+def _validate_privacy(p: PrivacyConfig) -> None:
+    for clip, noise in (("grad_clip", "grad_noise"), ("token_clip", "token_noise")):
+        bound, sigma = getattr(p, clip), getattr(p, noise)
+        _require(bound is None or bound > 0, f"privacy.{clip}", f"must be positive (or null: off), got {bound}")
+        _require(sigma >= 0, f"privacy.{noise}", f"must be 0 or more (a multiple of privacy.{clip}), got {sigma}")
+        _require(sigma == 0 or bound is not None, f"privacy.{noise}",
+                 f"noise is scaled by privacy.{clip}: set it too (noise without clipping bounds nothing)")
+    _require(0 < p.delta < 1, "privacy.delta", f"must be in (0, 1), got {p.delta}")
+    _require(p.nopeek >= 0, "privacy.nopeek", f"must be 0 or more, got {p.nopeek}")
 
 
 def check_clients_fit(cfg: Config, train_size: int) -> None:

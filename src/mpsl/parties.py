@@ -14,10 +14,12 @@ import torch
 from mpsl.config import Config
 from mpsl.data import Dataset, SplitData, partition
 from mpsl.data.partition import modality_holdings
+from mpsl.data.spec import DatasetSpec
 from mpsl.devices import compile_module, resolve_device
-from mpsl.models import ClientModel, ServerModel
+from mpsl.models import ClientModel, ServerModel, build_split_model
 from mpsl.protocol import SplitClient, SplitServer
 from mpsl.protocol.guard import Guard, derived_token_bound
+from mpsl.protocol.privacy import ClientPrivacy
 from mpsl.protocol.world import World
 from mpsl.tasks import Task
 
@@ -35,6 +37,16 @@ def client_shards(cfg: Config, dataset: Dataset) -> list[SplitData]:
 def client_seed(cfg: Config, k: int) -> int:
     """Client k's data-order seed: the same for client k under every method."""
     return cfg.seed * 1009 + k
+
+
+def client_init_seed(cfg: Config) -> int:
+    """The seed of the clients' starting weights (privacy.client_seed): never part of what the server builds."""
+    return cfg.privacy.client_seed if cfg.privacy.client_seed is not None else cfg.seed * 7919 + 104729
+
+
+def templates(cfg: Config, spec: DatasetSpec) -> tuple[ClientModel, ServerModel]:
+    """The client template every client copies (from the client seed) and the server's model (from `seed`)."""
+    return build_split_model(cfg.model, spec, cfg.seed, client_init_seed(cfg))
 
 
 def adam(groups: Iterable[ParamGroup], weight_decay: float) -> torch.optim.Optimizer | None:
@@ -60,7 +72,16 @@ def split_client(cfg: Config, k: int, shard: SplitData, batch: int, template: Cl
     own data order (without the Adam when batched clients step every client's parameters at once)."""
     model = copy.deepcopy(template).to(resolve_device(cfg.runtime.device))
     opt = adam([(model.parameters(), cfg.train.client_lr)], cfg.train.weight_decay) if optimizer else None
-    return SplitClient(k, model, shard, task, batch, opt, step_lr(opt, cfg), client_seed(cfg, k), cfg.runtime.prefetch)
+    return SplitClient(k, model, shard, task, batch, opt, step_lr(opt, cfg), client_seed(cfg, k), cfg.runtime.prefetch,
+                       client_privacy(cfg, k))
+
+
+def client_privacy(cfg: Config, k: int) -> ClientPrivacy:
+    """What client k does to its messages (the config's `privacy` section); its noise is seeded from the
+    clients' seed, which the server does not need, not from `seed`, which it has."""
+    p = cfg.privacy
+    return ClientPrivacy(p.step_metrics, p.grad_clip, p.grad_noise, p.token_clip, p.token_noise, p.nopeek,
+                         noise_seed=client_init_seed(cfg) * 1013 + k)
 
 
 def split_server(model: ServerModel, cfg: Config, world: World | None = None) -> SplitServer:

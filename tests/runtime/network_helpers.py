@@ -136,15 +136,14 @@ class HonestClients:
     def __init__(self, cfg: Config, port: int, ids: list[int], out_dir: Path) -> None:
         from mpsl.data import load_dataset
         from mpsl.deploy.client_app import ClientApp
-        from mpsl.models import build_split_model
-        from mpsl.parties import client_shards, split_client
+        from mpsl.parties import client_shards, split_client, templates
         from mpsl.runtime.network.dialer import dial
         from mpsl.tasks import TASKS
 
         dataset = load_dataset(cfg.data)
         shards = client_shards(cfg, dataset)
         batches = client_batch_sizes(cfg, [len(s) for s in shards])
-        template, _ = build_split_model(cfg.model, dataset.spec, cfg.seed)
+        template, _ = templates(cfg, dataset.spec)  # as `mpsl client` builds it
         task = TASKS.get(dataset.spec.task)()
         expected = expected_shapes(template, dataset.spec, cfg.deploy.max_client_batch or cfg.train.batch_size)
         apps = [ClientApp(split_client(cfg, k, shards[k], batches[k], template, task), out_dir / f"client-{k}",

@@ -20,11 +20,13 @@ from mpsl.tasks import ClassificationTask
 from tests.helpers import tiny_config
 
 ATOL = 1e-6
+KEY_BIAS_ATOL = 1e-4
 
 
 def _twins(cfg: Config, data: Dataset | None = None) -> tuple[Mpsl, Mpsl]:
     """The same experiment twice from the same seed: clients in a loop, and batched."""
     data = data if data is not None else load_dataset(cfg.data)
+    cfg = cfg.replace(**{"privacy.step_metrics": True})  # each step's loss and hits are compared too
     loop = Mpsl(cfg.replace(**{"runtime.clients": "loop"}), data)
     batched = Mpsl(cfg.replace(**{"runtime.clients": "batched"}), data)
     assert isinstance(batched.group, BatchedClients) and not loop.batched
@@ -60,7 +62,10 @@ def _assert_same_training(loop: Mpsl, batched: Mpsl, got: list[StepResult], want
         assert g.loss == pytest.approx(w.loss, abs=ATOL)
     after, reference = _weights(batched), _weights(loop)
     for name, p in after.items():
-        torch.testing.assert_close(p, reference[name], atol=ATOL, rtol=0.0, msg=name)
+        # an attention key bias has zero gradient in exact arithmetic (softmax ignores a shift shared by a query's
+        # scores), so Adam steps it by float rounding divided by that rounding's own root: equal to ~1e-5 only
+        atol = KEY_BIAS_ATOL if name.endswith("key.bias") else ATOL
+        torch.testing.assert_close(p, reference[name], atol=atol, rtol=0.0, msg=name)
     assert any(not torch.equal(p, start[n]) for n, p in after.items() if n.startswith("client")), \
         "no client weight moved: the comparison would be vacuous"
     assert [c.samples_seen for c in batched.clients] == [c.samples_seen for c in loop.clients]

@@ -22,10 +22,9 @@ from mpsl.deploy.common import (
     log_to_stderr,
     report,
 )
-from mpsl.errors import MpslError
-from mpsl.models import build_split_model
-from mpsl.parties import client_shards, split_client
-from mpsl.protocol import CutGrad, FeatureGrad, Features, SplitClient, Tokens
+from mpsl.errors import ConfigError, MpslError
+from mpsl.parties import client_shards, split_client, templates
+from mpsl.protocol import CutGrad, EpochMetrics, FeatureGrad, Features, SplitClient, Tokens
 from mpsl.registry import check_choices
 from mpsl.runtime.network.address import with_default_port
 from mpsl.runtime.network.dialer import dial
@@ -59,8 +58,8 @@ class ClientApp:
     def cut_grad(self, msg: CutGrad) -> None:
         self.client.cut_grad(msg)
 
-    def end_epoch(self) -> None:
-        self.client.end_epoch()
+    def end_epoch(self) -> EpochMetrics:
+        return self.client.end_epoch()
 
     def samples(self) -> int:
         return len(self.client.data)
@@ -99,13 +98,17 @@ async def run_client(cfg: Config, target: str, client_id: int, resume: bool, tok
     if not 0 <= client_id < cfg.num_clients:
         raise MpslError(f"--client-id {client_id}: must be in 0..{cfg.num_clients - 1} (num_clients)")
     check_choices(cfg)
+    noisy = cfg.privacy.token_noise > 0 or cfg.privacy.grad_noise > 0
+    if noisy and cfg.privacy.client_seed is None:
+        raise ConfigError("privacy.client_seed: privacy noise is seeded from it, and null derives it from `seed`, "
+                          "which the server has (it could subtract the noise): give the clients a secret value")
     dataset = load_dataset(cfg.data, cfg.progress)
     if whole_split:  # the device's own data: everything its loader returns, batch ceil(B / N)
         shard, batch = dataset.train, client_batch_size(cfg)
     else:  # simulating num_clients devices on one dataset: this client's partition of it
         shards = client_shards(cfg, dataset)
         shard, batch = shards[client_id], client_batch_sizes(cfg, [len(s) for s in shards])[client_id]
-    template, _ = build_split_model(cfg.model, dataset.spec, cfg.seed)
+    template, _ = templates(cfg, dataset.spec)
     task = TASKS.get(dataset.spec.task)()
     app = ClientApp(split_client(cfg, client_id, shard, batch, template, task),
                     checkpoint_dir(cfg, f"client-{client_id}"), cfg.deploy.keep_checkpoints)

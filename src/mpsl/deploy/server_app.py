@@ -101,12 +101,18 @@ class TrainingLoop:
                 if self.stop.is_set():
                     return
                 self.server.end_epoch()
+                loss_sum, correct, count = 0.0, 0, 0  # the clients' epoch metrics, summed
                 for h in self._handles():
                     try:
-                        h.end_epoch()
+                        metrics = h.end_epoch()
                     except ClientUnavailable as exc:
                         report(Dropped(h.client_id, str(exc)))
-                report(EpochEnd(self.epoch + 1, self.step))
+                        continue
+                    loss_sum += metrics.loss_sum
+                    correct += metrics.correct
+                    count += metrics.count
+                report(EpochEnd(self.epoch + 1, self.step, loss_sum / count if count else None,
+                                correct / count if count else None))
                 self.epoch += 1
                 self._checkpoint(fan_out)
         if self.step == self.resumed[0] and self._participants() is None:  # resumed at the end: tell the clients

@@ -11,7 +11,8 @@ from mpsl.errors import MpslError
 from mpsl.experiment.evaluate import evaluate, modality_ablations
 from mpsl.experiment.results import RunResult
 from mpsl.experiment.run import load_results
-from mpsl.models import WholeModel, build_split_model
+from mpsl.models import WholeModel
+from mpsl.parties import templates
 from mpsl.tasks import TASKS
 
 
@@ -31,7 +32,7 @@ def evaluate_saved(result: RunResult, method_dir: Path, datasets: dict[str, Data
     if key not in datasets:
         datasets[key] = load_dataset(cfg.data, cfg.progress)
     dataset = datasets[key]
-    client, server = build_split_model(cfg.model, dataset.spec, cfg.seed)
+    client, server = templates(cfg, dataset.spec)
     model = WholeModel(client, server)
     load_checkpoint(model, method_dir)
     task = TASKS.get(dataset.spec.task)()

@@ -122,6 +122,16 @@ class Versions:
 
 
 @dataclass(frozen=True)
+class Privacy:
+    """The (epsilon, delta) of the run's privacy noise (privacy.token_noise, privacy.grad_noise), from the
+    dp-accounting RDP accountant (mpsl.analysis.privacy); epsilon None: that mechanism is off or noiseless."""
+
+    delta: float
+    epsilon_tokens: float | None  # the inputs, through the cut-layer tokens
+    epsilon_labels: float | None  # the labels, through the returned feature gradients
+
+
+@dataclass(frozen=True)
 class RunResult:
     """One method trained on one config: its history, final metrics, traffic, cost and provenance."""
 
@@ -146,6 +156,7 @@ class RunResult:
     wall_seconds: float
     versions: Versions
     tuning: Tuning | None = None  # set when this result was picked by --tune
+    privacy: Privacy | None = None  # split-learning methods: what the privacy settings spent
     schema_version: int = SCHEMA_VERSION
 
     @property

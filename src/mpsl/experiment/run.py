@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from mpsl.analysis.accounting import client_memory, trainable_parameters, training_flops
+from mpsl.analysis.privacy import privacy_spent
 from mpsl.checkpoints import save_checkpoint
 from mpsl.config import Config, check_clients_fit, to_dict
 from mpsl.data import Dataset
@@ -28,6 +29,7 @@ from mpsl.experiment.results import (
     Cost,
     EpochRecord,
     FlopsPerSample,
+    Privacy,
     RunResult,
     TrainableParams,
 )
@@ -65,6 +67,11 @@ def _cost(method: Method) -> Cost:
             model_trainable=trainable_parameters(model),
             encoder_total=sum(p.numel() for p in model.server.encoder.parameters())),
     )
+
+
+def _privacy(cfg: Config) -> Privacy:
+    spent = privacy_spent(cfg.privacy, cfg.train.epochs)
+    return Privacy(delta=spent.delta, epsilon_tokens=spent.epsilon_tokens, epsilon_labels=spent.epsilon_labels)
 
 
 def _comm(traffic: list[Traffic], rounds: int) -> Comm:
@@ -174,6 +181,7 @@ def run_method(cfg: Config, dataset: Dataset, name: str, out_dir: Path, world: T
         client_batch_size=method.client_batch_size(),
         wall_seconds=time.perf_counter() - started,
         versions=versions(),
+        privacy=None if method.client_runs_encoder else _privacy(cfg),  # messages exist only when split
     )
     if main:
         result.save(out_dir / RESULTS_FILE)

@@ -82,12 +82,25 @@ def example_inputs(spec: DatasetSpec, batch: int = 1, device: str = "meta") -> d
             for m, s in spec.modalities.items()}
 
 
-def build_split_model(cfg: ModelConfig, spec: DatasetSpec, seed: int) -> tuple[ClientModel, ServerModel]:
-    """One client template and the server; every client starts as a copy of the template."""
+def build_split_model(cfg: ModelConfig, spec: DatasetSpec, seed: int,
+                      client_seed: int | None = None) -> tuple[ClientModel, ServerModel]:
+    """One client template and the server; every client starts as a copy of the template.
+
+    With `client_seed` the client parts (tokenizers, a client head) are drawn from their own seed and the
+    server parts do not depend on it: a server built from `seed` alone gets identical server weights but
+    cannot rebuild the clients' starting weights (docs/privacy.md, the known-initial-head attack).
+    """
     torch.manual_seed(seed)
     bundle: EncoderBundle = build_encoder(cfg.encoder)
-    tokenizers = {m: build_tokenizer(ms, cfg, bundle) for m, ms in spec.modalities.items()}
-    head = build_head(bundle.width, spec, cfg)
+    if client_seed is None:  # every part from the one seed (what a server that knows only `seed` rebuilds)
+        tokenizers = {m: build_tokenizer(ms, cfg, bundle) for m, ms in spec.modalities.items()}
+        head = build_head(bundle.width, spec, cfg)
+    else:
+        with torch.random.fork_rng(devices=[]):  # the server's stream continues as if no client part was drawn
+            torch.manual_seed(client_seed)
+            tokenizers = {m: build_tokenizer(ms, cfg, bundle) for m, ms in spec.modalities.items()}
+            client_head = build_head(bundle.width, spec, cfg) if cfg.head == "client" else None
+        head = client_head if client_head is not None else build_head(bundle.width, spec, cfg)
     client_head, server_head = (head, nn.Identity()) if cfg.head == "client" else (nn.Identity(), head)
     client = ClientModel(tokenizers, client_head)
     adapter = ADAPTERS.get(cfg.adapter)(bundle.width, list(spec.modalities))

@@ -11,7 +11,8 @@ from mpsl.data.spec import SplitData
 from mpsl.devices import module_device
 from mpsl.errors import ProtocolError
 from mpsl.models.split import ClientModel
-from mpsl.protocol.messages import CutGrad, FeatureGrad, Features, Tokens
+from mpsl.protocol.messages import CutGrad, EpochMetrics, FeatureGrad, Features, Tokens
+from mpsl.protocol.privacy import ClientPrivacy, distance_correlation, protect_grad, protect_tokens
 from mpsl.protocol.state import load_training_state, training_state
 from mpsl.tasks import Task
 
@@ -30,6 +31,7 @@ class SplitClient:
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
         seed: int,
         prefetch: int = 0,
+        privacy: ClientPrivacy | None = None,
     ) -> None:
         self.client_id = client_id
         self.model = model
@@ -47,12 +49,18 @@ class SplitClient:
         self._loss_weight: float | None = None  # the share the head's gradient was computed with
         self.samples_seen = 0
         self.epoch: int | None = None
+        self.privacy = privacy or ClientPrivacy()
+        self.noise = torch.Generator().manual_seed(self.privacy.noise_seed)  # the mechanisms' noise, on the host
+        self._inputs: dict[str, torch.Tensor] | None = None  # the open step's raw inputs (NoPeek only)
+        self._step_metrics: tuple[float, int, int] | None = None  # the open step's loss sum, correct, count
+        self.metrics = [0.0, 0, 0]  # this epoch's loss sum, correct, count over the steps completed
 
     def start_epoch(self, epoch: int) -> None:
         self._order = torch.randperm(len(self.data), generator=self._shuffle)
         self._cursor = 0
         self._ahead = None
         self.epoch = epoch
+        self.metrics = [0.0, 0, 0]
 
     def next_batch(self) -> Batch | None:
         """The next mini-batch of this epoch's order, None once the data is exhausted; also what a batched
@@ -70,6 +78,8 @@ class SplitClient:
         self.model.train()
         self.model.zero_grad(set_to_none=True)  # a step that ended without a cut gradient (skipped) leaves nothing
         tokens = self.model.embed(batch.inputs)  # m -> [b, T_m, D], graph kept until cut_grad
+        self._inputs = batch.inputs if self.privacy.nopeek else None
+        tokens = protect_tokens(tokens, self.privacy, self.noise)  # what leaves the client, still in the graph
         self._pending = (step, tokens, batch.labels)
         self._loss_weight = None
         return Tokens(self.client_id, step, {m: t.detach() for m, t in tokens.items()})
@@ -94,8 +104,12 @@ class SplitClient:
         loss = self.task.loss(predictions, labels)
         (msg.loss_weight * loss).backward()  # head grads (if any) accumulate until cut_grad steps them
         self._loss_weight = msg.loss_weight
-        return FeatureGrad(step, features.grad, float(loss.detach()), self.task.correct(predictions, labels),
-                           len(labels))
+        value, correct = float(loss.detach()), self.task.correct(predictions, labels)
+        self._step_metrics = (value * len(labels), correct, len(labels))
+        grad = protect_grad(features.grad, msg.loss_weight, self.privacy, self.noise)
+        if self.privacy.step_metrics:
+            return FeatureGrad(step, grad, value, correct, len(labels))
+        return FeatureGrad(step, grad, None, None, len(labels))
 
     def cut_grad(self, msg: CutGrad) -> None:
         _, tokens, labels = self._expect(msg.step)
@@ -107,17 +121,26 @@ class SplitClient:
             for p in self.model.head.parameters():
                 if p.grad is not None:
                     p.grad.mul_(msg.loss_weight / self._loss_weight)
-        torch.autograd.backward([tokens[m] for m in tokens],
-                                [msg.grads[m].to(tokens[m].device, non_blocking=True) for m in tokens])
+        outputs = [tokens[m] for m in tokens]
+        upstream = [msg.grads[m].to(tokens[m].device, non_blocking=True) for m in tokens]
+        if self.privacy.nopeek and self._inputs is not None:  # the client's own term: decorrelate tokens from inputs
+            outputs.append(self.privacy.nopeek * nopeek_term(self._inputs, tokens))
+            upstream.append(torch.ones((), device=outputs[-1].device))
+        torch.autograd.backward(outputs, upstream)
         if self.optimizer is not None:
             self.optimizer.step()
         self.model.zero_grad(set_to_none=True)
         self.samples_seen += len(labels)
-        self._pending = None
+        if self._step_metrics is not None:  # the step completed: its metrics count towards the epoch's
+            self.metrics = [a + b for a, b in zip(self.metrics, self._step_metrics, strict=True)]
+        self._pending, self._step_metrics, self._inputs = None, None, None
 
-    def end_epoch(self) -> None:
+    def end_epoch(self) -> EpochMetrics:
+        """Advance the schedule; report the epoch's training metrics (summed, not per step)."""
         if self.scheduler is not None:
             self.scheduler.step()
+        loss_sum, correct, count = self.metrics
+        return EpochMetrics(-1 if self.epoch is None else self.epoch, float(loss_sum), int(correct), int(count))
 
     def _expect(self, step: int) -> tuple[int, dict[str, torch.Tensor], torch.Tensor]:
         if self._pending is None or self._pending[0] != step:
@@ -131,6 +154,7 @@ class SplitClient:
             **training_state(self.model, self.optimizer, self.scheduler),
             "shuffle": self._shuffle.get_state(), "order": self._order, "cursor": self._cursor,
             "samples_seen": self.samples_seen, "epoch": -1 if self.epoch is None else self.epoch,
+            "noise": self.noise.get_state(), "metrics": list(self.metrics),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -139,4 +163,14 @@ class SplitClient:
         self._order, self._cursor = state["order"], int(state["cursor"])
         self.samples_seen = int(state["samples_seen"])
         self.epoch = None if state["epoch"] < 0 else int(state["epoch"])
+        if "noise" in state:  # states saved before the privacy mechanisms have none
+            self.noise.set_state(state["noise"])
+            self.metrics = list(state["metrics"])
         self._pending, self._loss_weight, self._ahead = None, None, None
+        self._step_metrics, self._inputs = None, None
+
+
+def nopeek_term(inputs: dict[str, torch.Tensor], tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean over the modalities of distance correlation(raw inputs, their tokens): NoPeek's penalty."""
+    terms = [distance_correlation(inputs[m].to(t.device), t) for m, t in tokens.items()]
+    return torch.stack(terms).mean()

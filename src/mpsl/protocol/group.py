@@ -13,7 +13,7 @@ from typing import Protocol, TypeVar
 
 from mpsl.errors import ClientUnavailable
 from mpsl.protocol.handle import ClientHandle
-from mpsl.protocol.messages import CutGrad, FeatureGrad, Features, Tokens
+from mpsl.protocol.messages import CutGrad, EpochMetrics, FeatureGrad, Features, Tokens
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -34,8 +34,8 @@ class ClientGroup(Protocol):
     def cut_grad(self, msgs: Mapping[int, CutGrad]) -> dict[int, ClientUnavailable | None]:
         """Each addressed client backpropagates its cut-layer gradient and steps; None when it did."""
 
-    def end_epoch(self) -> None:
-        """Every client advances its learning-rate schedule."""
+    def end_epoch(self) -> dict[int, EpochMetrics | ClientUnavailable]:
+        """Every client advances its learning-rate schedule and reports its metrics over the epoch."""
 
 
 def sequential(fn: Callable[[A], R], items: Iterable[A]) -> list[R]:
@@ -81,9 +81,8 @@ class HandleGroup:
         replies = self.fan_out(_attempt(lambda cid: self._by_id[cid].cut_grad(msgs[cid])), ids)
         return dict(zip(ids, replies, strict=True))
 
-    def end_epoch(self) -> None:
-        for h in self.handles:
-            h.end_epoch()
+    def end_epoch(self) -> dict[int, EpochMetrics | ClientUnavailable]:
+        return {h.client_id: _attempt(lambda handle: handle.end_epoch())(h) for h in self.handles}
 
 
 def as_group(clients: ClientGroup | Sequence[ClientHandle], fan_out: MapFn | None = None) -> ClientGroup:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from mpsl.protocol.messages import CutGrad, FeatureGrad, Features, Tokens
+from mpsl.protocol.messages import CutGrad, EpochMetrics, FeatureGrad, Features, Tokens
 
 
 class ClientHandle(Protocol):
@@ -34,5 +34,5 @@ class ClientHandle(Protocol):
     def cut_grad(self, msg: CutGrad) -> None:
         """Backpropagate the cut-layer gradient through the tokenizers and step the client optimizer."""
 
-    def end_epoch(self) -> None:
-        """Advance the client's learning-rate schedule."""
+    def end_epoch(self) -> EpochMetrics:
+        """Advance the client's learning-rate schedule; its training metrics over the epoch."""

@@ -2,8 +2,13 @@
 
     up    Tokens       cut-layer tokens           m -> [b, T_m, D]
     down  Features     CLS features or logits     [b, M, D] (head on client) or [b, C] (head on server)
-    up    FeatureGrad  d(w_k L_k)/d features      same shape as the features, plus loss and metrics
+    up    FeatureGrad  d(w_k L_k)/d features      same shape as the features (loss and hits only with
+                                                  privacy.step_metrics: they reveal labels)
     down  CutGrad      dL/dz, this client's slice m -> [b, T_m, D]
+
+Once per epoch each client reports its training loss and accuracy summed over the epoch's samples:
+
+    up    EpochMetrics loss sum, correct, count   (answers the end of an epoch)
 
 The federated baselines (FedAvg, SplitFed) also move model weights, as one more message type, so
 their traffic is encoded and counted by the same codec:
@@ -41,7 +46,17 @@ class Features:
 class FeatureGrad:
     step: int
     grad: torch.Tensor  # gradient of loss_weight * L_k w.r.t. the features it received
-    loss: float  # L_k: mean loss over the client's b_k samples
+    loss: float | None  # L_k: mean loss over the client's b_k samples; None unless privacy.step_metrics
+    correct: int | None  # None unless privacy.step_metrics
+    count: int
+
+
+@dataclass
+class EpochMetrics:
+    """A client's training metrics over the steps of one epoch it completed: what results.json reports."""
+
+    epoch: int
+    loss_sum: float  # sum over the samples of each sample's loss (b_k L_k summed over the steps)
     correct: int
     count: int
 
@@ -66,4 +81,5 @@ def fits_modalities(sent: Iterable[str], expected: Sequence[str]) -> bool:
     return bool(names) and names == [m for m in expected if m in names]
 
 
-MESSAGE_TYPES: dict[str, type] = {cls.__name__: cls for cls in (Tokens, Features, FeatureGrad, CutGrad, Weights)}
+MESSAGE_TYPES: dict[str, type] = {cls.__name__: cls
+                                  for cls in (Tokens, Features, FeatureGrad, CutGrad, Weights, EpochMetrics)}

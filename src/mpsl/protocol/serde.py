@@ -15,6 +15,7 @@ import json
 import math
 import struct
 import sys
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -196,6 +197,10 @@ def all_finite(t: torch.Tensor) -> bool:
 def _check_scalars(cls: type, values: dict[str, Any]) -> None:
     for name, hint in _hints(cls).items():
         value = values[name]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # an optional scalar: None, or its type
+            if value is None:
+                continue
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
         if hint is int and (isinstance(value, bool) or not isinstance(value, int)
                             or not _INT64[0] <= value <= _INT64[1]):
             raise ProtocolError(f"{cls.__name__}.{name}: expected an integer (64-bit), got {_show(value)}")

@@ -41,8 +41,8 @@ from mpsl.protocol.world import World
 class StepResult:
     client_ids: list[int]  # clients whose gradients the server step used
     batch_sizes: list[int]
-    loss: float  # the aggregate sum_k (b_k / B) L_k over those clients
-    correct: int
+    loss: float | None  # the aggregate sum_k (b_k / B) L_k over those clients; None without step metrics
+    correct: int | None  # None without step metrics (privacy.step_metrics: clients report per epoch instead)
     count: int
     dropped: list[int] = field(default_factory=list)  # unavailable at some point of the step
     contained: dict[int, str] = field(default_factory=dict)  # client -> why the server's guard left it out
@@ -130,11 +130,14 @@ def mpsl_step(server: SplitServer, clients: ClientGroup | Sequence[ClientHandle]
                 contained[ids[k]] = reason
     kept = [k for k in live if isinstance(replies[k], FeatureGrad) and ids[k] not in contained]
     dropped = unavailable + [ids[k] for k in live if not isinstance(replies[k], FeatureGrad)]
-    loss_sum = sum(sizes[k] * replies[k].loss for k in kept)
-    correct, count = sum(replies[k].correct for k in kept), sum(replies[k].count for k in kept)
+    # step metrics come only with privacy.step_metrics: the step reports them when no client withheld them
+    withheld = sum(replies[k].loss is None or replies[k].correct is None for k in kept)
+    loss_sum = sum(sizes[k] * replies[k].loss for k in kept) if not withheld else 0.0
+    correct, count = sum(replies[k].correct for k in kept) if not withheld else 0, sum(replies[k].count for k in kept)
     remaining = sum(sizes[k] for k in kept)
     if world is not None:  # B' and the step's loss and hits, over every replica, in one sum
-        remaining, loss_sum, correct, count = world.sum([remaining, loss_sum, correct, count])
+        remaining, loss_sum, correct, count, withheld = world.sum([remaining, loss_sum, correct, count, withheld])
+    metrics = not withheld
     if not remaining:
         return StepResult([], [], 0.0, 0, 0, dropped, contained)
     rescale = total / remaining  # b_k / B -> b_k / B' for the clients that answered (1 when none dropped out)
@@ -163,9 +166,9 @@ def mpsl_step(server: SplitServer, clients: ClientGroup | Sequence[ClientHandle]
     return StepResult(
         client_ids=[ids[k] for k in kept],
         batch_sizes=[sizes[k] for k in kept],
-        loss=(loss_sum / remaining if world is not None  # the one-process sum keeps its order of rounding
-              else sum(sizes[k] / remaining * replies[k].loss for k in kept)),
-        correct=int(correct),
+        loss=(None if not metrics else loss_sum / remaining if world is not None
+              else sum(sizes[k] / remaining * replies[k].loss for k in kept)),  # one process: its order of rounding
+        correct=int(correct) if metrics else None,
         count=int(count),
         dropped=dropped + late,
         contained=contained,

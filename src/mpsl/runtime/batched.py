@@ -39,7 +39,8 @@ from mpsl.models.split import ClientModel
 from mpsl.models.tokenizers import PatchTokenizer, SentenceTokenizer, TextTokenizer
 from mpsl.protocol.client import SplitClient
 from mpsl.protocol.group import Offer
-from mpsl.protocol.messages import CutGrad, FeatureGrad, Features, Tokens
+from mpsl.protocol.messages import CutGrad, EpochMetrics, FeatureGrad, Features, Tokens
+from mpsl.protocol.privacy import clip_per_sample, gaussian, protect_grad
 from mpsl.protocol.serde import all_finite
 from mpsl.runtime.traffic import Traffic, count
 from mpsl.tasks import Task
@@ -142,6 +143,7 @@ class _OpenStep:
     groups: list[_Group]
     group_of: dict[int, _Group]  # client index -> its group
     shares: dict[int, float] = field(default_factory=dict)  # client index -> loss weight of its head gradient
+    metrics: dict[int, tuple[float, int, int]] = field(default_factory=dict)  # client index -> loss sum, hits, b
 
 
 class BatchedClients:
@@ -203,6 +205,7 @@ class BatchedClients:
                 x = torch.stack([inputs[m] for _, inputs, _ in members]).to(self.device)  # [n, b, *shape_m]
                 tokens[m] = self._tokenize(self.blocks[f"tokenizers.{m}"], rows, x)  # [n, b, T_m, D]
                 _check_finite(f"tokens.{m}", tokens[m], [self.clients[k].client_id for k in ks])
+            tokens = self._protect(ks, tokens)
             labels = torch.stack([y for _, _, y in members]).to(self.device)  # [n, b]
             groups.append(_Group(ks, size, labels, tokens))
         self._open = _OpenStep(step, groups, {k: g for g in groups for k in g.members})
@@ -242,7 +245,11 @@ class BatchedClients:
             _check_finite("grad", grads, ids)
             for k, cid, g, loss, hit in zip(members, ids, grads.unbind(0), losses.tolist(), hits.tolist(),
                                             strict=True):
-                reply = FeatureGrad(open_step.step, g, loss, int(hit), shape[0])
+                client = self.clients[k]
+                g = protect_grad(g, msgs[cid].loss_weight, client.privacy, client.noise)
+                open_step.metrics[k] = (loss * shape[0], int(hit), shape[0])
+                reply = (FeatureGrad(open_step.step, g, loss, int(hit), shape[0]) if client.privacy.step_metrics
+                         else FeatureGrad(open_step.step, g, None, None, shape[0]))
                 count(self.traffic[k], reply, "up")
                 open_step.shares[k] = msgs[cid].loss_weight
                 replies[cid] = reply
@@ -285,15 +292,23 @@ class BatchedClients:
             active[name][ks] = True
         self._adam(active)
         for k in taking:
-            self.clients[k].samples_seen += open_step.group_of[k].size
+            c = self.clients[k]
+            c.samples_seen += open_step.group_of[k].size
+            c.metrics = [a + b for a, b in zip(c.metrics, open_step.metrics[k], strict=True)]
         self._open = None
         return {cid: None for cid in msgs}
 
-    def end_epoch(self) -> None:
-        """StepLR per client: the rate is multiplied by gamma after every lr_step epochs."""
+    def end_epoch(self) -> dict[int, EpochMetrics | ClientUnavailable]:
+        """StepLR per client: the rate is multiplied by gamma after every lr_step epochs. Each client reports
+        its epoch's metrics."""
         self.epochs_ended += 1
         if self.lr_step is not None and self.epochs_ended % self.lr_step == 0:
             self.lr.mul_(self.lr_gamma)  # [N], float64 as StepLR's Python floats
+        reports: dict[int, EpochMetrics | ClientUnavailable] = {}
+        for k, c in enumerate(self.clients):
+            reports[c.client_id] = c.end_epoch()
+            count(self.traffic[k], reports[c.client_id], "up")
+        return reports
 
     # --- the batched computation ------------------------------------------------------------------------
 
@@ -303,6 +318,25 @@ class BatchedClients:
         if check is not None:  # value checks cannot run inside vmap: all clients' inputs at once, before it
             check(x.flatten(0, 1))  # [n*b, *shape]
         return vmap(lambda p, xk: functional_call(block.module, p, (xk,)))(block.params(rows), x)
+
+    def _protect(self, members: list[int], tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """privacy.token_clip / token_noise on every member's tokens, m -> [n, b, T_m, D]: each sample clipped
+        over all its modalities, each client's noise from its own generator in the per-client loop's order."""
+        privacy = self.clients[members[0]].privacy
+        if privacy.token_clip is None:
+            return tokens
+        names = list(tokens)
+        n, b = next(iter(tokens.values())).shape[:2]
+        flat = clip_per_sample([tokens[m].flatten(0, 1) for m in names], privacy.token_clip)  # [n*b, T_m, D] each
+        clipped = {m: t.view(n, b, *t.shape[1:]) for m, t in zip(names, flat, strict=True)}  # [n, b, T_m, D]
+        if privacy.token_noise == 0:
+            return clipped
+        std = privacy.token_noise * privacy.token_clip
+        noise: dict[str, list[torch.Tensor]] = {m: [] for m in names}
+        for k in members:
+            for m in names:
+                noise[m].append(gaussian(clipped[m].shape[1:], std, self.clients[k].noise, clipped[m]))  # [b, T_m, D]
+        return {m: clipped[m] + torch.stack(noise[m]) for m in names}  # [n, b, T_m, D]
 
     def _head_loss(self, params: dict[str, torch.Tensor], features: torch.Tensor,
                    labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from mpsl.protocol.client import SplitClient
-from mpsl.protocol.messages import CutGrad, FeatureGrad, Features, Tokens
+from mpsl.protocol.messages import CutGrad, EpochMetrics, FeatureGrad, Features, Tokens
 from mpsl.protocol.serde import Codec
 from mpsl.runtime.traffic import Direction, Traffic, carry, relay
 
@@ -48,5 +48,5 @@ class InProcessHandle:
     def cut_grad(self, msg: CutGrad) -> None:
         self.client.cut_grad(self._move(msg, "down"))
 
-    def end_epoch(self) -> None:
-        self.client.end_epoch()
+    def end_epoch(self) -> EpochMetrics:
+        return self._move(self.client.end_epoch(), "up")

@@ -191,8 +191,9 @@ class RayClientGroup:
     def cut_grad(self, msgs: Mapping[int, CutGrad]) -> dict[int, ClientUnavailable | None]:
         return self._addressed("cut_grad", msgs)
 
-    def end_epoch(self) -> None:
-        self.parties.call(invoke, "end_epoch")
+    def end_epoch(self) -> dict[int, Any]:
+        """Every actor's clients step their schedules; their epoch reports (EpochMetrics), keyed by client."""
+        return {cid: report for part in self.parties.call(invoke, "end_epoch") for cid, report in part.items()}
 
     def _addressed(self, verb: str, msgs: Mapping[int, Any]) -> dict[int, Any]:
         """One call per actor with the messages of its clients; the answers keyed as the messages were."""

@@ -18,7 +18,7 @@ from mpsl.config import Config
 from mpsl.data import Dataset
 from mpsl.devices import compile_module, resolve_device
 from mpsl.models import ClientModel, ServerModel, WholeModel, build_split_model
-from mpsl.parties import adam
+from mpsl.parties import adam, client_init_seed
 from mpsl.progress import Progress
 from mpsl.progress import progress_bar as stage_bar
 from mpsl.registry import Registry
@@ -67,7 +67,8 @@ class Method(ABC):
         self.cfg = cfg
         self.dataset = dataset
         self.task: Task = TASKS.get(dataset.spec.task)()
-        self.client_template, self.server_template = build_split_model(cfg.model, dataset.spec, cfg.seed)
+        self.client_template, self.server_template = build_split_model(cfg.model, dataset.spec, cfg.seed,
+                                                                         client_init_seed(cfg))
 
     @classmethod
     def configure(cls, cfg: Config) -> Config:

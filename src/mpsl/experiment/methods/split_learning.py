@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import astuple
 from typing import Any
 
@@ -18,7 +18,7 @@ import torch
 
 from mpsl.config import Config, client_batch_sizes
 from mpsl.data import Dataset, SplitData
-from mpsl.errors import ConfigError
+from mpsl.errors import ClientUnavailable, ConfigError
 from mpsl.experiment.averaging import WeightedAverage, fedavg, load_trainable, trainable_state
 from mpsl.experiment.methods.base import (
     Method,
@@ -30,7 +30,7 @@ from mpsl.experiment.methods.base import (
 from mpsl.models import ClientModel, ServerModel, WholeModel
 from mpsl.parties import client_shards, split_client, split_server
 from mpsl.progress import Progress
-from mpsl.protocol import ClientGroup, Codec, HandleGroup, SplitClient, SplitServer, Weights, mpsl_step
+from mpsl.protocol import ClientGroup, Codec, EpochMetrics, HandleGroup, SplitClient, SplitServer, Weights, mpsl_step
 from mpsl.runtime import InProcessHandle, Traffic, carry
 from mpsl.runtime.batched import BatchedClients, unsupported
 from mpsl.runtime.distributed import TorchWorld, owner, replica_share
@@ -79,16 +79,27 @@ def mpsl_epoch(server: SplitServer, group: ClientGroup, epoch: int, step: int, b
             print(f"mpsl: step {step}: client {cid} left out by the server's guard: {reason}", flush=True)
         if result.skipped is not None:
             print(f"mpsl: step {step}: the server skipped its update: {result.skipped}", flush=True)
-        stats.add(result.loss, result.correct, result.count)  # normalized by samples actually seen
+        stats.steps += 1
         step += 1
         if after_step is not None:
             after_step(step)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{stats.loss:.3f}", clients=len(result.client_ids))
+            if result.loss is not None:  # step metrics (privacy.step_metrics): a running loss to show
+                bar.set_postfix(loss=f"{result.loss:.3f}", clients=len(result.client_ids))
     server.end_epoch()
-    group.end_epoch()
+    epoch_metrics(stats, group.end_epoch())  # loss and accuracy as the clients report them, once per epoch
     return stats, step
+
+
+def epoch_metrics(stats: RoundStats, reports: Mapping[int, EpochMetrics | ClientUnavailable]) -> None:
+    """The round's training loss and accuracy from the clients' epoch reports (summed over their samples),
+    the same totals the steps' metrics would add up to."""
+    for report in reports.values():
+        if isinstance(report, EpochMetrics):
+            stats.loss_sum += report.loss_sum
+            stats.correct += report.correct
+            stats.count += report.count
 
 
 @register
@@ -109,7 +120,9 @@ class Mpsl(Method):
             raise ConfigError("train.client_sync_every averages every client's model mid-epoch, which server "
                               "replicas and Ray actors do not hold together: use one process (runtime.kind=inprocess)")
         # runtime.clients: batched unless the client model needs the loop to keep the math (the reason is printed)
-        self.fallback = None if cfg.runtime.clients == "loop" else unsupported(self.client_template, self.task)
+        self.fallback = None if cfg.runtime.clients == "loop" else (
+            unsupported(self.client_template, self.task)
+            or ("privacy.nopeek needs each client's raw inputs at its backward" if cfg.privacy.nopeek else None))
         if self.fallback is not None:
             print(f"mpsl: runtime.clients=batched cannot run this client model exactly, so clients run one after "
                   f"another: {self.fallback}", flush=True)
@@ -124,6 +137,8 @@ class Mpsl(Method):
         self.server = split_server(copy.deepcopy(self.server_template), cfg, world)  # the templates stay on the host
         self.remote = _RayMpsl(self) if on_ray else None
         self.group: ClientGroup | None = None if on_ray else _group(mine, self.batched, cfg, self.task)
+        # runtime.clients=loop: this process's per-client handles (the step's group wraps them); else none
+        self.handles = self.group.handles if isinstance(self.group, HandleGroup) else []
         self.step = 0
         self._traffic: list[Traffic] | None = None  # every client's, shared by the replicas after a round
         self.codec = Codec()
@@ -340,13 +355,12 @@ class SplitFedPairs:
                     active.remove(k)
                     continue
                 self.steps[k] += 1
-                stats.add(result.loss, result.correct, result.count)
+                stats.steps += 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{stats.loss:.3f}")
-        for server, h in zip(self.servers, self.handles, strict=True):
+        for server in self.servers:
             server.end_epoch()
-            h.end_epoch()
+        epoch_metrics(stats, {h.client_id: h.end_epoch() for h in self.handles})
         return stats, [(trainable_state(server.model),
                         carry(self.codec, h.traffic, Weights(epoch, len(c.data), trainable_state(c.model)), "up"))
                        for c, server, h in zip(self.clients, self.servers, self.handles, strict=True)]

@@ -20,7 +20,7 @@ from typing import Protocol
 import grpc
 
 from mpsl.errors import MpslError, ProtocolError
-from mpsl.protocol import Codec, CutGrad, FeatureGrad, Features, Tokens
+from mpsl.protocol import Codec, CutGrad, EpochMetrics, FeatureGrad, Features, Tokens
 from mpsl.protocol.serde import DTYPES
 from mpsl.runtime.network import mpsl_pb2 as pb
 from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
@@ -42,7 +42,7 @@ class ClientApp(Protocol):
     def embed(self, step: int) -> Tokens | None: ...
     def features(self, msg: Features) -> FeatureGrad: ...
     def cut_grad(self, msg: CutGrad) -> None: ...
-    def end_epoch(self) -> None: ...
+    def end_epoch(self) -> EpochMetrics: ...
     def save(self, step: int, epoch: int) -> None: ...
     def restore(self, step: int, epoch: int) -> bool: ...
     def finish(self) -> None: ...
@@ -104,8 +104,7 @@ class _Session:
                 return done
             raise MpslError(f"the server sent an unexpected {type(msg).__name__}")
         if kind == "end_epoch":
-            c.end_epoch()
-            return done
+            return self._frames(c.end_epoch())
         if kind == "checkpoint":
             c.save(message.checkpoint.step, message.checkpoint.epoch)
             return done

@@ -157,7 +157,7 @@ class Step(Event, name="step"):
     participants: tuple[int, ...]
     dropped: tuple[int, ...]
     samples: int
-    loss: float = _fmt(".4f")
+    loss: float | None = _fmt(".4f")  # None unless the clients send step metrics (privacy.step_metrics)
     bytes_up: int
     bytes_down: int
     seconds: float = _fmt(".3f")
@@ -193,6 +193,8 @@ class Skipped(Event, name="skipped"):
 class EpochEnd(Event, name="epoch_end"):
     epoch: int
     step: int
+    loss: float | None = _fmt(".4f")  # the clients' training loss over the epoch (None: none reported)
+    accuracy: float | None = _fmt(".4f")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from mpsl.errors import ClientUnavailable, ProtocolError
-from mpsl.protocol import Codec, CutGrad, FeatureGrad, Features, Tokens
+from mpsl.protocol import Codec, CutGrad, EpochMetrics, FeatureGrad, Features, Tokens
 from mpsl.protocol.serde import DecodeBounds
 from mpsl.runtime.network import mpsl_pb2 as pb
 from mpsl.runtime.network import mpsl_pb2_grpc as pb_grpc
@@ -141,7 +141,7 @@ class Connection:
         if kind != "frame" and assembler.pending:
             raise ProtocolError(f"{kind} in the middle of a frame")
         if kind == "frame":
-            if expect not in ("tokens", "feature_grad"):
+            if expect not in ("tokens", "feature_grad", "epoch_metrics"):
                 raise ProtocolError(f"a frame, expected {expect}")
             self.traffic.up += len(message.frame.data)
             frame = assembler.add(message.frame.data, message.frame.last)
@@ -153,6 +153,8 @@ class Connection:
             elif expect == "feature_grad" and isinstance(msg, FeatureGrad):
                 self.expected.check_grad(msg, step, shape or ())
                 self.answered = True
+            elif expect == "epoch_metrics" and isinstance(msg, EpochMetrics):
+                self.expected.check_metrics(msg)
             else:
                 raise ProtocolError(f"a {type(msg).__name__} message, expected {expect}")
             reply: Any = msg
@@ -263,8 +265,8 @@ class RemoteHandle:
         """Close this client's stream with INVALID_ARGUMENT: the server's guard left it out of a step."""
         self.loop.call_soon_threadsafe(self.conn.fail, grpc.StatusCode.INVALID_ARGUMENT, reason)
 
-    def end_epoch(self) -> None:
-        self._call([pb.ServerMessage(end_epoch=pb.EndEpoch(epoch=self.conn.epoch or 0))], "done", -1)
+    def end_epoch(self) -> EpochMetrics:
+        return self._call([pb.ServerMessage(end_epoch=pb.EndEpoch(epoch=self.conn.epoch or 0))], "epoch_metrics", -1)
 
     def checkpoint(self, step: int, epoch: int) -> None:
         self._call([pb.ServerMessage(checkpoint=pb.Checkpoint(step=step, epoch=epoch))], "done", step)

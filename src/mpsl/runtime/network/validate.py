@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mpsl.errors import ProtocolError
-from mpsl.protocol import FeatureGrad, Tokens
+from mpsl.protocol import EpochMetrics, FeatureGrad, Tokens
 from mpsl.protocol.guard import Guard
 from mpsl.protocol.messages import fits_modalities
 
@@ -50,8 +50,17 @@ class Expected:
         if tuple(msg.grad.shape) != shape:
             raise ProtocolError(f"feature gradient of shape {tuple(msg.grad.shape)}, the features were {shape}")
         batch = shape[0] if shape else 0
-        if msg.count != batch or not 0 <= msg.correct <= msg.count:  # they add up in the server's logged totals
+        if (msg.loss is None) != (msg.correct is None):
+            raise ProtocolError("step metrics: a loss without a correct count, or the other way round")
+        correct = 0 if msg.correct is None else msg.correct
+        if msg.count != batch or not 0 <= correct <= msg.count:  # they add up in the server's logged totals
             raise ProtocolError(f"metrics out of range: correct {msg.correct} of {msg.count}, the batch is "
                                 f"{batch} samples")
         if self.guard is not None and (reason := self.guard.check_grad(msg)) is not None:
             raise ProtocolError(reason)
+
+    @staticmethod
+    def check_metrics(msg: EpochMetrics) -> None:
+        if not 0 <= msg.correct <= msg.count:
+            raise ProtocolError(f"epoch metrics out of range: correct {msg.correct} of {msg.count}, "
+                                f"loss sum {msg.loss_sum}")

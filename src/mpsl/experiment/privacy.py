@@ -1,0 +1,244 @@
+"""`mpsl privacy`: train MPSL and attack it from the server's seat, epoch by epoch.
+
+The server's view is every message that reaches it (a `ServerTap` around the client group records tokens,
+feature gradients and their scalars) plus what it can build from its own config: the model rebuilt from
+`seed` alone, which is the clients' starting point only when the clients share that seed. The truth (each
+batch a client draws) is recorded beside it to score the attacks and is never shown to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from mpsl.analysis.accounting import training_flops
+from mpsl.analysis.privacy import privacy_spent
+from mpsl.analysis.privacy.attacks import (
+    direction_clusters,
+    invert_patch_tokenizer,
+    logit_gradient_labels,
+    matched_accuracy,
+    norm_score_auc,
+    projected_labels,
+    psnr,
+    scalar_labels,
+    ssim,
+)
+from mpsl.config import Config
+from mpsl.data import Dataset
+from mpsl.data.loader import Batch
+from mpsl.errors import ClientUnavailable, ConfigError
+from mpsl.experiment.evaluate import evaluate
+from mpsl.experiment.methods.split_learning import Mpsl
+from mpsl.models import ClientModel, build_split_model
+from mpsl.models.heads import ClassifierHead
+from mpsl.models.tokenizers import PatchTokenizer
+from mpsl.parties import client_init_seed
+from mpsl.protocol import ClientGroup, CutGrad, EpochMetrics, FeatureGrad, Features
+from mpsl.protocol.group import Offer
+
+KEEP_INPUTS = 64  # samples per epoch whose tokens and inputs are kept for the reconstruction attack
+SCALAR_STEPS = 64  # client steps per epoch the loss/correct search runs on (C^b candidates each)
+SCALAR_MAX_BATCH = 5
+
+
+@dataclass
+class Seen:
+    """One client's part of one step: what the server received, and (for scoring only) the truth."""
+
+    client: int
+    features: torch.Tensor  # what the server sent down: [b, M, D] or logits [b, C]
+    grad: torch.Tensor  # the feature gradient it got back, same shape
+    loss: float | None
+    correct: int | None
+    labels: torch.Tensor  # truth [b]
+    tokens: dict[str, torch.Tensor] | None = None  # m -> [b, T_m, D], kept for the first KEEP_INPUTS samples
+    inputs: dict[str, torch.Tensor] | None = None  # truth m -> [b, *shape]
+
+
+@dataclass
+class ServerTap:
+    """A ClientGroup that passes every verb through and records what the server receives."""
+
+    group: ClientGroup
+    truth: dict[int, Batch]  # client id -> the batch it drew last (filled by the clients' recorders)
+    seen: list[Seen] = field(default_factory=list)  # this epoch's
+    _tokens: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    _features: dict[int, Features] = field(default_factory=dict)
+    _kept: int = 0
+
+    def start_epoch(self, epoch: int) -> None:
+        self.seen, self._kept = [], 0
+        self.group.start_epoch(epoch)
+
+    def embed(self, step: int) -> dict[int, Offer]:
+        offers = self.group.embed(step)
+        self._tokens = {cid: {m: t.detach().clone() for m, t in o.tokens.items()}
+                        for cid, o in offers.items() if o is not None and not isinstance(o, ClientUnavailable)}
+        return offers
+
+    def features(self, msgs: Mapping[int, Features]) -> dict[int, FeatureGrad | ClientUnavailable]:
+        replies = self.group.features(msgs)
+        for cid, reply in replies.items():
+            if not isinstance(reply, FeatureGrad):
+                continue
+            batch = self.truth[cid]
+            keep = self._kept < KEEP_INPUTS
+            self.seen.append(Seen(cid, msgs[cid].features.detach().clone(), reply.grad.detach().clone(), reply.loss,
+                                  reply.correct, batch.labels.clone(), self._tokens[cid] if keep else None,
+                                  {m: x.clone() for m, x in batch.inputs.items()} if keep else None))
+            self._kept += len(batch.labels) if keep else 0
+        return replies
+
+    def cut_grad(self, msgs: Mapping[int, CutGrad]) -> dict[int, ClientUnavailable | None]:
+        return self.group.cut_grad(msgs)
+
+    def end_epoch(self) -> dict[int, EpochMetrics | ClientUnavailable]:
+        return self.group.end_epoch()
+
+
+@dataclass(frozen=True)
+class AttackScore:
+    attack: str
+    epoch: int  # 1-based: the messages of this epoch
+    metric: str  # label accuracy, AUC, PSNR (dB), SSIM
+    value: float | None  # None: the attack had nothing to work on (e.g. the scalars were not sent)
+    chance: float  # what a guess without the messages scores (for PSNR/SSIM: the mean training input)
+
+
+@dataclass(frozen=True)
+class PrivacyAudit:
+    scores: tuple[AttackScore, ...]
+    test_accuracy: float
+    client_flops_per_sample: float
+    epsilon_tokens: float | None
+    epsilon_labels: float | None
+    delta: float
+
+
+def _record_batches(clients: list, truth: dict[int, Batch]) -> None:
+    """Each client's draws are copied into `truth` as it draws them (the harness's ground truth)."""
+    for c in clients:
+        draw = c.next_batch
+
+        def recorded(draw=draw, cid=c.client_id) -> Batch | None:
+            batch = draw()
+            if batch is not None:
+                truth[cid] = batch
+            return batch
+
+        c.next_batch = recorded
+
+
+def audit(cfg: Config, dataset: Dataset) -> PrivacyAudit:
+    """Train `cfg`'s MPSL for its epochs, attacking each epoch's messages as the server."""
+    if dataset.spec.task != "classification":
+        raise ConfigError(f"data.name: the privacy attacks infer class labels; {dataset.spec.name} is "
+                          f"{dataset.spec.task}")
+    method = Mpsl(cfg, dataset)
+    truth: dict[int, Batch] = {}
+    _record_batches(method.clients, truth)
+    tap = ServerTap(method.group, truth)
+    method.group = tap
+    # the clients' starting point as the server rebuilds it from its own config (`seed` only), and as a server
+    # that also learned privacy.client_seed would
+    guesses = {"server's template": build_split_model(cfg.model, dataset.spec, cfg.seed)[0],
+               "leaked client seed": build_split_model(cfg.model, dataset.spec, cfg.seed, client_init_seed(cfg))[0]}
+    public = dataset.test.subset(torch.arange(min(512, len(dataset.test))))  # data of the same kind
+    mean_input = {m: x.float().mean(0) for m, x in public.inputs.items()}  # the no-information guess
+    scores: list[AttackScore] = []
+    for epoch in range(cfg.train.epochs):
+        method.train_round(epoch, progress=cfg.progress)
+        scores += label_attacks(tap.seen, guesses, dataset.spec.num_classes, cfg.model.head, epoch + 1)
+        for name, guess in guesses.items():
+            scores += input_attacks(tap.seen, guess, mean_input, epoch + 1, name)
+    model = method.global_model()
+    accuracy = evaluate(model.client, model.server, dataset.test, method.task, cfg.eval.batch_size)["test_accuracy"]
+    probe = dataset.train.subset(torch.arange(min(method.client_batch_size(), len(dataset.train))))  # [b]
+    flops = training_flops(method.client_template, method.server_template, probe, method.task)
+    spent = privacy_spent(cfg.privacy, cfg.train.epochs)
+    return PrivacyAudit(tuple(scores), accuracy, float(flops.client_per_sample), spent.epsilon_tokens,
+                        spent.epsilon_labels, spent.delta)
+
+
+def label_attacks(seen: list[Seen], guesses: Mapping[str, ClientModel], num_classes: int, head: str,
+                  epoch: int) -> list[AttackScore]:
+    """Every label attack on one epoch's feature gradients (and scalars, when sent)."""
+    if not seen:
+        return []
+    labels = torch.cat([s.labels for s in seen])  # [n]
+    grads = torch.cat([s.grad for s in seen])  # [n, M, D] or [n, C]
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    chance = float(counts.max() / counts.sum())  # always guessing the most common label
+    out = []
+    if head == "server":
+        hits = (logit_gradient_labels(grads) == labels).float().mean()
+        out.append(AttackScore("logit-gradient sign", epoch, "label accuracy", float(hits), chance))
+    else:
+        for name, guess in guesses.items():
+            if isinstance(guess.head, ClassifierHead):
+                hits = (projected_labels(grads, guess.head.fc.weight.detach()) == labels).float().mean()
+                out.append(AttackScore(f"known-initial-head projection ({name})", epoch, "label accuracy",
+                                       float(hits), chance))
+    clusters = direction_clusters(grads, num_classes)
+    out.append(AttackScore("direction clustering", epoch, "label accuracy",
+                           matched_accuracy(clusters, labels, num_classes), chance))
+    shuffled = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(epoch))]  # [n]
+    out.append(AttackScore("gradient norm", epoch, "AUC", norm_score_auc(grads, labels, num_classes),
+                           norm_score_auc(grads, shuffled, num_classes)))  # chance: the same score, labels shuffled
+    guess = guesses["leaked client seed"]  # the strongest case: the head known (or on the server)
+    out.append(AttackScore("loss/correct scalars", epoch, "label accuracy", _scalars(seen, guess, head), chance))
+    return out
+
+
+def _scalars(seen: list[Seen], guess: ClientModel, head: str) -> float | None:
+    """Label accuracy of the loss/correct search over the first SCALAR_STEPS small steps; None if not sent."""
+    steps = [s for s in seen if s.loss is not None and s.correct is not None
+             and len(s.labels) <= SCALAR_MAX_BATCH][:SCALAR_STEPS]
+    if not steps:
+        return None
+    hits = total = 0
+    for s in steps:
+        with torch.no_grad():
+            logits = s.features if head == "server" else guess.head(s.features)  # [b, C]
+        found = scalar_labels(logits.float(), s.loss, s.correct)
+        hits += int((found == s.labels).sum())
+        total += len(s.labels)
+    return hits / total
+
+
+def input_attacks(seen: list[Seen], guess: ClientModel, mean_input: dict[str, torch.Tensor], epoch: int,
+                  name: str) -> list[AttackScore]:
+    """Least-squares inversion of the tokenizers the server can rebuild, on the kept samples' tokens."""
+    kept = [s for s in seen if s.tokens is not None and s.inputs is not None]
+    out = []
+    for m, tok in guess.tokenizers.items():
+        if not isinstance(tok, PatchTokenizer):
+            continue
+        have = [s for s in kept if m in s.tokens]
+        if not have:
+            continue
+        tokens = torch.cat([s.tokens[m] for s in have])  # [n, T, D]
+        truth = torch.cat([s.inputs[m] for s in have]).float()  # [n, *shape]
+        guessed = invert_patch_tokenizer(tok, tokens, tuple(truth.shape[1:]))
+        baseline = mean_input[m].expand_as(truth)
+        attack = f"known-tokenizer inversion, {m} ({name})"
+        out.append(AttackScore(attack, epoch, "PSNR dB", psnr(guessed, truth), psnr(baseline, truth)))
+        out.append(AttackScore(attack, epoch, "SSIM", ssim(guessed, truth), ssim(baseline, truth)))
+    return out
+
+
+def audit_table(result: PrivacyAudit) -> str:
+    """Markdown: one row per attack and epoch, then the run's accuracy, client FLOPs and epsilon."""
+    lines = ["| attack | epoch | metric | success | chance |", "|---|---|---|---|---|"]
+    for s in result.scores:
+        value = "not sent" if s.value is None else f"{s.value:.3f}"
+        lines.append(f"| {s.attack} | {s.epoch} | {s.metric} | {value} | {s.chance:.3f} |")
+    eps = ", ".join(f"{name} {'off' if e is None else f'{e:.2f}'}" for name, e in
+                    (("tokens", result.epsilon_tokens), ("labels", result.epsilon_labels)))
+    lines.append("")
+    lines.append(f"test accuracy {result.test_accuracy:.3f}; client GFLOPs per sample "
+                 f"{result.client_flops_per_sample / 1e9:.4f}; epsilon ({eps}) at delta {result.delta:g}")
+    return "\n".join(lines)

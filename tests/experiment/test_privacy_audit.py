@@ -1,0 +1,57 @@
+"""The attack harness measures leaks: undefended, every label attack beats chance by far; with a defense on,
+the harness reports the attack failing (so it can tell a working defense from a broken one)."""
+
+from __future__ import annotations
+
+from mpsl.data import load_dataset
+from mpsl.experiment.privacy import AttackScore, audit, audit_table
+from tests.helpers import tiny_config
+
+
+def _scores(*overrides: str) -> dict[str, AttackScore]:
+    """Attack (and for the inversions, metric) -> its score on the one epoch of a tiny run."""
+    cfg = tiny_config("partition.kind=iid", *overrides)
+    result = audit(cfg, load_dataset(cfg.data))
+    assert "| attack |" in audit_table(result)
+    return {s.attack if s.metric in ("label accuracy", "AUC") else f"{s.attack} {s.metric}": s for s in result.scores}
+
+
+def test_undefended_a_server_head_leaks_every_label_through_gradients_and_scalars() -> None:
+    scores = _scores("model.head=server", "privacy.step_metrics=true")
+    for attack in ("logit-gradient sign", "direction clustering", "loss/correct scalars"):
+        assert scores[attack].value >= scores[attack].chance + 0.4, attack
+
+
+def test_gradient_noise_defeats_the_gradient_label_attacks() -> None:
+    scores = _scores("model.head=server", "privacy.grad_clip=1", "privacy.grad_noise=5")
+    for attack in ("logit-gradient sign", "direction clustering"):
+        assert scores[attack].value < scores[attack].chance + 0.15, attack
+    assert scores["loss/correct scalars"].value is None  # not sent by default
+
+
+def test_a_client_head_leaks_labels_to_a_server_that_knows_the_clients_seed_only() -> None:
+    scores = _scores()
+    leaked = scores["known-initial-head projection (leaked client seed)"]
+    own = scores["known-initial-head projection (server's template)"]
+    assert leaked.value >= leaked.chance + 0.4
+    assert own.value < leaked.value - 0.3
+    image = scores["known-tokenizer inversion, image (leaked client seed) PSNR dB"]
+    assert image.value > image.chance + 10
+    assert scores["known-tokenizer inversion, image (server's template) PSNR dB"].value < image.chance + 1
+
+
+def test_results_json_carries_the_epsilon_the_accountant_gives_for_the_run(tmp_path) -> None:
+    # Prepare
+    from mpsl.analysis.privacy import privacy_spent
+    from mpsl.experiment.results import RunResult
+    from mpsl.experiment.run import run_experiment
+
+    cfg = tiny_config("methods=[mpsl]", f"out_dir={tmp_path}", "eval.personalized=false", "eval.ablations=false",
+                      "privacy.token_clip=20", "privacy.token_noise=2", "privacy.grad_clip=1", "privacy.grad_noise=3")
+    # Execute
+    run_experiment(cfg)
+    saved = RunResult.load(tmp_path / cfg.name / "mpsl" / "results.json")
+    # Assert
+    spent = privacy_spent(cfg.privacy, 1)
+    assert saved.privacy.epsilon_tokens == spent.epsilon_tokens and saved.privacy.epsilon_labels == spent.epsilon_labels
+    assert 0 < spent.epsilon_labels < spent.epsilon_tokens and saved.privacy.delta == 1e-5
