@@ -28,7 +28,7 @@ from mpsl.protocol import CutGrad, EpochMetrics, FeatureGrad, Features, SplitCli
 from mpsl.registry import check_choices
 from mpsl.runtime.network.address import with_default_port
 from mpsl.runtime.network.dialer import dial
-from mpsl.runtime.network.events import ClientResumed, Restored
+from mpsl.runtime.network.events import ClientResumed, Insecure, Restored
 from mpsl.runtime.network.security import channel_credentials, read_secret
 from mpsl.tasks import TASKS
 
@@ -102,6 +102,10 @@ async def run_client(cfg: Config, target: str, client_id: int, resume: bool, tok
     if noisy and cfg.privacy.client_seed is None:
         raise ConfigError("privacy.client_seed: privacy noise is seeded from it, and null derives it from `seed`, "
                           "which the server has (it could subtract the noise): give the clients a secret value")
+    if cfg.privacy.client_seed is None:
+        report(Insecure("privacy.client_seed is null: the clients' initial tokenizers and head derive from `seed`, "
+                        "which the server's config holds too, so the server can rebuild them and read labels and "
+                        "inputs from the first steps (docs/privacy.md); give the clients a secret shared value"))
     dataset = load_dataset(cfg.data, cfg.progress)
     if whole_split:  # the device's own data: everything its loader returns, batch ceil(B / N)
         shard, batch = dataset.train, client_batch_size(cfg)

@@ -135,7 +135,8 @@ class Quarantined(Event, name="quarantined"):
 
 @dataclass(frozen=True)
 class Insecure(Event, name="insecure"):
-    """The server runs without --tokens: any peer that reaches it can join as any free client id."""
+    """A setting that leaves the deployment open: a server without --tokens (any peer can join as any free
+    client id), or clients whose initial weights the server can rebuild (privacy.client_seed null)."""
 
     advice: str
 
