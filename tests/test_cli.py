@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mpsl.cli import main
 from mpsl.config import load_config
 from mpsl.experiment.results import RunResult
 from tests.helpers import TINY
@@ -340,12 +341,12 @@ def test_compare_tune_trains_the_grid_and_reports_the_kept_setting(tmp_path: Pat
     config = tmp_path / "tiny.yaml"
     config.write_text("name: tuned\n")
 
-    # Execute
-    proc = _mpsl("compare", str(config), *TINY, f"out_dir={tmp_path}", "--tune", "--methods", "centralized",
-                 "data.val_size=16", "tune.lr_factors=[0.5,2]", cwd=tmp_path)
+    # Execute: in this process (main() is the command line), to spare the suite a Python start-up
+    code = main(["compare", str(config), *TINY, f"out_dir={tmp_path}", "--tune", "--methods", "centralized",
+                 "data.val_size=16", "tune.lr_factors=[0.5,2]"])
 
     # Assert: both trials trained, the kept one is the comparison's, and compare.md says which it is
-    assert proc.returncode == 0, proc.stderr
+    assert code == 0
     run = tmp_path / "tuned"
     assert sorted(p.name for p in (run / "tuning" / "centralized").iterdir()) == ["trial-0", "trial-1"]
     saved = RunResult.load(run / "centralized" / "results.json")
@@ -360,16 +361,15 @@ def test_compare_seeds_trains_once_per_seed_and_report_redoes_the_summary(tmp_pa
     config = tmp_path / "tiny.yaml"
     config.write_text("name: seeded\nseed: 7\n")
 
-    # Execute
-    proc = _mpsl("compare", str(config), *TINY, f"out_dir={tmp_path}", "--seeds", "2", "--methods", "centralized",
-                 cwd=tmp_path)
+    # Execute: in this process (main() is the command line)
+    code = main(["compare", str(config), *TINY, f"out_dir={tmp_path}", "--seeds", "2", "--methods", "centralized"])
     run = tmp_path / "seeded"
     summary = (run / "compare.md").read_text()
     (run / "compare.md").unlink()
-    redo = _mpsl("report", str(run), cwd=tmp_path)
+    redo = main(["report", str(run)])
 
     # Assert: two complete run folders, a summary over both, redone byte for byte from the saved results
-    assert proc.returncode == 0 and redo.returncode == 0, proc.stderr + redo.stderr
+    assert code == 0 and redo == 0
     seeds = [RunResult.load(run / f"seed-{s}" / "centralized" / "results.json") for s in (7, 8)]
     assert [r.seed for r in seeds] == [7, 8]
     assert "(mean ± std)" in summary and "| seed 7 | seed 8 |" in summary
