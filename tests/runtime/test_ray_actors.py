@@ -29,6 +29,8 @@ from tests.helpers import tiny_config
 
 TOLERANCE = 1e-6
 
+pytestmark = pytest.mark.xdist_group("ray")  # one local Ray instance: these tests share a worker
+
 
 @pytest.fixture(scope="module")
 def local_ray():
