@@ -258,8 +258,8 @@ def test_a_hostile_client_among_honest_ones_costs_them_no_wait_and_they_finish_t
 def test_a_stream_that_never_joins_is_closed_after_the_join_timeout(tmp_path) -> None:
     live = LiveServer(tiny_config("deploy.join_timeout=0.3", f"out_dir={tmp_path}"))
     try:
+        started = time.monotonic()  # before the stream opens: the server's join timer starts when it arrives
         rogue = RogueClient(live.port, client_id=1)
-        started = time.monotonic()
 
         refused = rogue.refusal()
         rogue.close()
