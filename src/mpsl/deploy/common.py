@@ -17,7 +17,7 @@ from mpsl.data import DatasetSpec
 from mpsl.errors import MpslError
 from mpsl.files import write_atomically
 from mpsl.models import ClientModel, example_inputs
-from mpsl.protocol.guard import Guard
+from mpsl.protocol.guard import Guard, finite_tensors
 from mpsl.protocol.serde import element_bytes
 from mpsl.runtime.network.events import LOG_FORMATS, Event, emit
 from mpsl.runtime.network.service import Limits
@@ -85,8 +85,7 @@ class Checkpoints:
 
 def finite_state(obj: Any) -> bool:
     """Every floating-point tensor anywhere in a (nested) state dict is finite."""
-    tensors = [t for t in _tensors(obj) if t.is_floating_point()]
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+    return finite_tensors([t for t in _tensors(obj) if t.is_floating_point()])
 
 
 def _tensors(obj: Any) -> list[torch.Tensor]:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 
 from mpsl.protocol.messages import FeatureGrad, Tokens
-from mpsl.protocol.serde import all_finite
 
 HEADROOM = 1e3  # how far below overflow a derived token bound sits
 # an honest feature gradient is the gradient of a share (<= 1) of a mean loss: |values| this large only come
@@ -49,19 +48,13 @@ class Guard:
     def check_tokens(self, msg: Tokens) -> str | None:
         """Why these tokens may not enter the encoder, or None."""
         for m, t in msg.tokens.items():
-            if not all_finite(t):
-                return f"tokens.{m} contain NaN or infinite values"
-            if t.numel() and (peak := float(t.abs().max())) > self.max_token_abs:
-                return f"tokens.{m}: |value| {peak:.3g} above guard.max_token_abs={self.max_token_abs:.3g}"
+            if (reason := _out_of_bounds(t, f"tokens.{m}", "guard.max_token_abs", self.max_token_abs)) is not None:
+                return reason
         return None
 
     def check_grad(self, msg: FeatureGrad) -> str | None:
         """Why this feature gradient may not enter the backward pass, or None."""
-        if not all_finite(msg.grad):
-            return "feature gradient contains NaN or infinite values"
-        if msg.grad.numel() and (peak := float(msg.grad.abs().max())) > self.max_grad_abs:
-            return f"feature gradient: |value| {peak:.3g} above guard.max_grad_abs={self.max_grad_abs:.3g}"
-        return None
+        return _out_of_bounds(msg.grad, "feature gradient", "guard.max_grad_abs", self.max_grad_abs)
 
     def clip(self, grads: dict[int, torch.Tensor], weights: dict[int, float]) -> dict[int, float]:
         """Clip in place, per client, to `clip_to_median` x the median per-share norm; the factors applied."""
@@ -73,3 +66,13 @@ class Guard:
         for k, f in factors.items():
             grads[k].mul_(f)
         return factors
+
+
+def _out_of_bounds(t: torch.Tensor, name: str, key: str, bound: float) -> str | None:
+    """One pass over `t`: its largest |value| (NaN if it holds one) against the bound `key` sets."""
+    if not t.numel():
+        return None
+    peak = float(torch.linalg.vector_norm(t.detach(), float("inf")))
+    if not math.isfinite(peak):
+        return f"{name}: contains NaN or infinite values"
+    return f"{name}: |value| {peak:.3g} above {key}={bound:.3g}" if peak > bound else None
