@@ -112,6 +112,9 @@ class ModelConfig:
     # (paper's) choice
     fusion: str | None = None
     pooling: str = "cls"  # one feature per modality (mpsl.models.POOLINGS): its CLS output, or its token mean
+    # the cut: this many of the encoder's first blocks run on every client (0: right after the tokenizers, paper);
+    # the tokens the server sees are then no linear map of the raw input, at the clients' compute
+    client_blocks: int = 0
     head: Literal["client", "server"] = "client"  # client: labels never leave the client
     # FedCLIP-style attention adapter on the pooled features (Linear-Tanh-Linear-Softmax, multiplied
     # onto them): per-modality, shared by all, or none (mpsl.models.ADAPTERS). `fedavg-adapter` turns it on.
@@ -492,6 +495,7 @@ def validate(cfg: Config) -> None:
     _require(enc.trainable_blocks is None or enc.trainable_blocks >= 0, "model.encoder.trainable_blocks",
              "must be 0 or more")
     _require(0.0 <= enc.dropout < 1.0, "model.encoder.dropout", "must be in [0, 1)")
+    _require(cfg.model.client_blocks >= 0, "model.client_blocks", "must be 0 or more (encoder blocks per client)")
     _require(cfg.model.retrieval.temperature > 0, "model.retrieval.temperature", "must be positive")
     _require(enc.lora.rank >= 1, "model.encoder.lora.rank", "must be at least 1")
     _require(enc.lora.alpha > 0, "model.encoder.lora.alpha", "must be positive")

@@ -127,3 +127,15 @@ def test_an_encoder_of_a_vit_source_is_refused_naming_the_sources_that_export(tm
     # Assert
     assert "'vit'" in str(err.value) and "minilm, hf-bert, random" in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_with_blocks_on_the_clients_is_refused_naming_the_key(tmp_path: Path) -> None:
+    # Prepare
+    _results(tiny_config("model.client_blocks=1")).save(tmp_path / "results.json")
+
+    # Execute
+    with pytest.raises(MpslError) as err:
+        export_encoder(tmp_path, tmp_path / "out")
+
+    # Assert
+    assert "model.client_blocks" in str(err.value) and not (tmp_path / "out").exists()

@@ -167,3 +167,32 @@ def test_fedavg_adapter_trains_adapters_on_a_frozen_encoder() -> None:
     assert all(torch.equal(p, encoder_before[k]) for k, p in fl.model.server.encoder.named_parameters())
     assert len(adapter_before) == 4 * 2  # two modalities x (2 Linear x (weight, bias))
     assert any(not torch.equal(p, adapter_before[k]) for k, p in fl.model.server.adapter.named_parameters())
+
+
+def test_a_deeper_cut_moves_blocks_and_their_compute_to_the_clients(capsys) -> None:
+    # Prepare
+    from mpsl.analysis.accounting import training_flops
+    from mpsl.errors import ConfigError
+
+    train_all = ("partition.kind=iid", "model.encoder.trainable_blocks=2")
+    shallow, deep = tiny_config(*train_all), tiny_config(*train_all, "model.client_blocks=1")
+    data = load_dataset(shallow.data)
+    probe = data.train.subset(torch.arange(4))  # [4]
+    # Execute
+    cut = [Mpsl(cfg, data) for cfg in (shallow, deep)]
+    stats = cut[1].train_round(0, progress=False)
+    flops = [training_flops(m.client_template, m.server_template, probe, m.task) for m in cut]
+    # Assert: one block changed sides, with its compute; the clients run it in the per-client loop and train it
+    assert [len(m.server_template.encoder.blocks) for m in cut] == [2, 1]
+    assert cut[0].client_template.blocks is None and cut[1].client_template.blocks.depth == 1
+    assert flops[1].client_per_sample > 2 * flops[0].client_per_sample
+    assert flops[1].server_per_sample < flops[0].server_per_sample
+    assert not cut[1].batched and "SharedEncoder" in cut[1].fallback
+    assert stats.count == 96
+    moved = [not torch.equal(p, q) for p, q in zip(cut[1].clients[0].model.blocks.parameters(),
+                                                     cut[1].client_template.blocks.parameters(), strict=True)]
+    assert any(moved), "the clients' blocks did not train"
+    with pytest.raises(ConfigError, match="model.client_blocks: 2 is outside 0..1"):
+        Mpsl(tiny_config("model.client_blocks=2"), data)
+    with pytest.raises(ConfigError, match="model.client_blocks"):
+        tiny_config("model.client_blocks=-1")

@@ -61,3 +61,49 @@ def test_one_mpsl_step_equals_one_unsplit_step(head: str, fusion: str) -> None:
                                        msg=f"client {k} {name}")
     moved = [not torch.equal(p, q) for p, q in zip(server.model.parameters(), server_model.parameters(), strict=True)]
     assert any(moved), "the step changed no server parameter: the comparison would be vacuous"
+
+
+@pytest.mark.parametrize(("head", "fusion"), [("client", "early"), ("server", "late")])
+def test_a_deeper_cut_computes_what_the_whole_encoder_computes(head: str, fusion: str) -> None:
+    # Prepare: the same weights cut after the tokenizers (reference, one graph) and one block later (split)
+    cfg = tiny_config(f"model.head={head}", f"model.fusion={fusion}", "model.encoder.trainable_blocks=2")
+    deep = cfg.replace(**{"model.client_blocks": 1})
+    data = load_dataset(cfg.data)
+    template, server_model = build_split_model(deep.model, data.spec, seed=0)
+    ref_template, ref_server = build_split_model(cfg.model, data.spec, seed=0)
+    shards = [data.train.subset(torch.arange(sum(SIZES[:k]), sum(SIZES[:k + 1]))) for k in range(len(SIZES))]
+    ref_clients = [copy.deepcopy(ref_template) for _ in SIZES]
+    clients, server = split_parties(template, server_model, shards, ClassificationTask())
+    grads: dict[str, torch.Tensor] = {}  # each block's gradient; block 0's summed over the clients' copies
+    for prefix, module in [("encoder.blocks.1.", server.model.encoder.blocks[0]),
+                           *[("encoder.blocks.0.", c.model.blocks.blocks[0]) for c in clients]]:
+        for name, p in module.named_parameters():  # read as they arrive: the parties clear them after a step
+            p.register_post_accumulate_grad_hook(
+                lambda q, key=prefix + name: grads.__setitem__(key, grads.get(key, 0) + q.grad.clone()))
+
+    # Execute: the split step, and the unsplit reference with every block on the server
+    result = mpsl_step(server, [InProcessHandle(c) for c in clients], step=0)
+    ref_opts = [adam(m) for m in [*ref_clients, ref_server]]
+    tokens = [m.embed(s.inputs) for m, s in zip(ref_clients, shards, strict=True)]
+    joint = {mod: torch.cat([t[mod] for t in tokens]) for mod in tokens[0]}  # [B, T_m, D]
+    outputs = ref_server(joint).split(SIZES)
+    logits = torch.cat([m.head(o) for m, o in zip(ref_clients, outputs, strict=True)])  # [B, C]
+    loss = F.cross_entropy(logits, torch.cat([s.labels for s in shards]))
+    loss.backward()
+    ref_grads = {n: p.grad.clone() for n, p in ref_server.named_parameters() if n.startswith("encoder.blocks.")}
+    for opt in ref_opts:
+        opt.step()
+
+    # Assert: the loss; every block's gradient, block 0's as the sum of the clients' shares (Adam's first step
+    # divides by |g| and would magnify the rounding of a batch split in three); each client's tokenizers and
+    # head after its step
+    assert len(server.model.encoder.blocks) == 1 and all(c.model.blocks.depth == 1 for c in clients)
+    assert result is not None and result.loss == pytest.approx(loss.item(), rel=1e-5)
+    assert set(grads) == set(ref_grads)
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-5, msg=f"gradient of {name}")
+    assert any(float(ref_grads[n].abs().max()) > 0 for n in ref_grads if n.startswith("encoder.blocks.0."))
+    for c, ref in zip(clients, ref_clients, strict=True):
+        mine = dict(c.model.named_parameters())
+        for name, p in ref.named_parameters():
+            torch.testing.assert_close(mine[name], p, atol=1e-6, rtol=1e-5, msg=f"client {c.client_id} {name}")

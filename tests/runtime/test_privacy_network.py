@@ -1,5 +1,6 @@
-"""The gRPC path carries the same privacy defenses: clients noising their tokens and gradients over the network
-train exactly what the in-process simulation trains, and the server logs only per-epoch metrics."""
+"""The gRPC path carries the same privacy defenses: clients running encoder blocks of their own and noising
+their tokens and gradients over the network train exactly what the in-process simulation trains, and the server
+logs only per-epoch metrics."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from mpsl.runtime.network.events import EpochEnd, Finished, Step
 from tests.helpers import tiny_config
 from tests.runtime.network_helpers import HonestClients, LiveServer
 
-DEFENSES = ["privacy.grad_clip=0.5", "privacy.grad_noise=0.7", "privacy.token_clip=3", "privacy.token_noise=0.2"]
+DEFENSES = ["privacy.grad_clip=0.5", "privacy.grad_noise=0.7", "privacy.token_clip=3", "privacy.token_noise=0.2",
+            "model.client_blocks=1", "model.encoder.trainable_blocks=2"]  # the deeper cut: a trained block per client
 
 
-def test_grpc_clients_with_every_noise_mechanism_train_what_the_simulation_trains(tmp_path) -> None:
+def test_grpc_clients_with_every_noise_mechanism_and_a_deeper_cut_train_what_the_simulation_trains(tmp_path) -> None:
     # Prepare
     cfg = tiny_config("deploy.min_participants=3", "deploy.step_timeout=20", f"out_dir={tmp_path}", *DEFENSES)
     live = LiveServer(cfg)

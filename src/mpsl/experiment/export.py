@@ -89,6 +89,9 @@ def export_encoder(folder: Path, out: Path) -> list[Path]:
     if enc.source not in EXPORTABLE:
         raise MpslError(f"mpsl export: encoder source {enc.source!r} is not exported; the BERT-family sources are "
                         f"({', '.join(EXPORTABLE)}), whose blocks transformers' BertModel loads")
+    if cfg.model.client_blocks:
+        raise MpslError(f"mpsl export: the run trained its first {cfg.model.client_blocks} encoder blocks on the "
+                        "clients (model.client_blocks), one copy each, so no single trained encoder exists to export")
     path = folder / "server.safetensors"
     if not path.is_file():
         raise MpslError(f"{path} is missing: the run did not finish")

@@ -39,6 +39,14 @@ class SharedEncoder(nn.Module):
             x = out[0] if isinstance(out, tuple) else out  # older transformers return tuples
         return self.norm(x)
 
+    def split(self, k: int) -> tuple[SharedEncoder, SharedEncoder]:
+        """The first k blocks (a client's deeper cut, no final norm) and the rest with the norm: run one after
+        the other they are this encoder, the same modules, not copies."""
+        if not 0 <= k < self.depth:
+            raise ConfigError(f"model.client_blocks: {k} is outside 0..{self.depth - 1} (the server keeps at least "
+                              f"one of the encoder's {self.depth} blocks)")
+        return SharedEncoder(self.blocks[:k], self.width), SharedEncoder(self.blocks[k:], self.width, self.norm)
+
     def train_last(self, k: int) -> None:
         """Freeze all blocks, then unfreeze the last k (the paper trains 6 of 12)."""
         if not 0 <= k <= self.depth:

@@ -1,7 +1,8 @@
 """The two halves of the split model: what a client runs and what the server runs.
 
-The cut is right after the tokenizers. The head sits on either side (`model.head`); the other side
-gets an identity in its place, so the protocol code never asks where the head is.
+The cut is right after the tokenizers (paper), or `model.client_blocks` encoder blocks later. The head sits on
+either side (`model.head`); the other side gets an identity in its place, so the protocol code never asks where
+the head is.
 """
 
 from __future__ import annotations
@@ -20,12 +21,17 @@ from mpsl.models.tokenizers import build_tokenizer
 
 
 class ClientModel(nn.Module):
-    """Tokenizers (one per modality) and, with `head: client`, the task head."""
+    """Tokenizers (one per modality), with `model.client_blocks` the encoder's first blocks, and with
+    `head: client` the task head."""
 
-    def __init__(self, tokenizers: dict[str, nn.Module], head: nn.Module) -> None:
+    def __init__(self, tokenizers: dict[str, nn.Module], head: nn.Module, blocks: SharedEncoder | None = None,
+                 fusion: str = "early", sentences: set[str] | None = None) -> None:
         super().__init__()
         self.tokenizers = nn.ModuleDict(tokenizers)
         self.head = head
+        self.blocks = blocks if blocks is not None and blocks.depth else None  # None: the paper's cut
+        self.fusion = FUSIONS.get(fusion)  # the client's blocks see the sequences the server's would
+        self.sentences = set(sentences or ())
 
     @property
     def modalities(self) -> list[str]:
@@ -33,7 +39,8 @@ class ClientModel(nn.Module):
 
     def embed(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Tokens of the modalities this batch has (a client may lack some): m -> [b, T_m, D]."""
-        return {m: tok(inputs[m]) for m, tok in self.tokenizers.items() if m in inputs}
+        tokens = {m: tok(inputs[m]) for m, tok in self.tokenizers.items() if m in inputs}
+        return tokens if self.blocks is None else self.fusion.run(self.blocks, tokens, self.sentences)
 
 
 class ServerModel(nn.Module):
@@ -102,9 +109,10 @@ def build_split_model(cfg: ModelConfig, spec: DatasetSpec, seed: int,
             client_head = build_head(bundle.width, spec, cfg) if cfg.head == "client" else None
         head = client_head if client_head is not None else build_head(bundle.width, spec, cfg)
     client_head, server_head = (head, nn.Identity()) if cfg.head == "client" else (nn.Identity(), head)
-    client = ClientModel(tokenizers, client_head)
-    adapter = ADAPTERS.get(cfg.adapter)(bundle.width, list(spec.modalities))
     fusion = cfg.fusion or spec.fusion
     sentences = {m for m, s in spec.modalities.items() if s.kind in SENTENCE_KINDS}
-    server = ServerModel(bundle.encoder, fusion, cfg.pooling, server_head, list(spec.modalities), adapter, sentences)
+    client_blocks, server_blocks = bundle.encoder.split(cfg.client_blocks)  # pretrained: the same on every client
+    client = ClientModel(tokenizers, client_head, client_blocks, fusion, sentences)
+    adapter = ADAPTERS.get(cfg.adapter)(bundle.width, list(spec.modalities))
+    server = ServerModel(server_blocks, fusion, cfg.pooling, server_head, list(spec.modalities), adapter, sentences)
     return client, server
