@@ -237,10 +237,10 @@ class GuardConfig:
 class PrivacyConfig:
     """What the server may learn from the messages (docs/privacy.md measures each setting)."""
 
-    # seed of the client-side initialization (tokenizers, client head): shared by the clients, never sent to the
-    # server, so the server cannot rebuild the clients' starting weights from its own config. null: derived from
-    # `seed` (reproducible, and different from the server's, but rebuildable by anyone with this whole config:
-    # in a deployment give the clients a secret value the server's config lacks)
+    # seed of the client-side initialization (tokenizers, client head) and of the clients' noise: shared by the
+    # clients, never sent to the server, so the server cannot rebuild the clients' starting weights from its own
+    # config. null: in a simulation derived from `seed` (reproducible); `mpsl client` draws a seed of its own
+    # instead, kept in its folder, which no other party knows (the clients then start apart)
     client_seed: int | None = None
     # true: every feature gradient carries the client's step loss and correct count (debugging; they reveal labels).
     # false: clients report loss and accuracy once per epoch, summed over all their samples
@@ -573,6 +573,8 @@ def _validate_privacy(p: PrivacyConfig) -> None:
         _require(sigma == 0 or bound is not None, f"privacy.{noise}",
                  f"noise is scaled by privacy.{clip}: set it too (noise without clipping bounds nothing)")
     _require(0 < p.delta < 1, "privacy.delta", f"must be in (0, 1), got {p.delta}")
+    _require(p.client_seed is None or 0 <= p.client_seed < 2 ** 48, "privacy.client_seed",
+             f"must be in 0..2^48 - 1 (or null), got {p.client_seed}")
     _require(p.nopeek >= 0, "privacy.nopeek", f"must be 0 or more, got {p.nopeek}")
 
 

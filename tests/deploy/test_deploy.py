@@ -36,7 +36,8 @@ from mpsl.runtime.network.events import (
 from tests.helpers import TINY
 from tests.runtime.network_helpers import free_port
 
-DEPLOY = ["deploy.step_timeout=20", "deploy.chunk_mb=0.01"]  # 10 KB chunks: every frame is cut in pieces
+# 10 KB chunks: every frame is cut in pieces; a shared client seed, so the clients start as the simulation's do
+DEPLOY = ["deploy.step_timeout=20", "deploy.chunk_mb=0.01", "privacy.client_seed=4242"]
 
 
 class Cluster:

@@ -6,6 +6,7 @@ built by `mpsl.parties` exactly as the simulation builds it.
 
 from __future__ import annotations
 
+import secrets
 import sys
 from pathlib import Path
 
@@ -22,13 +23,14 @@ from mpsl.deploy.common import (
     log_to_stderr,
     report,
 )
-from mpsl.errors import ConfigError, MpslError
+from mpsl.errors import MpslError
+from mpsl.files import write_atomically
 from mpsl.parties import client_shards, split_client, templates
 from mpsl.protocol import CutGrad, EpochMetrics, FeatureGrad, Features, SplitClient, Tokens
 from mpsl.registry import check_choices
 from mpsl.runtime.network.address import with_default_port
 from mpsl.runtime.network.dialer import dial
-from mpsl.runtime.network.events import ClientResumed, Insecure, Restored
+from mpsl.runtime.network.events import ClientResumed, ClientSeed, Restored
 from mpsl.runtime.network.security import channel_credentials, read_secret
 from mpsl.tasks import TASKS
 
@@ -87,6 +89,31 @@ class ClientApp:
         save_module(self.client.model, self.out_dir / "client.safetensors")
 
 
+SEED_FILE = "client-seed"  # in the client's folder: its own seed, when privacy.client_seed is null
+
+
+def with_client_seed(cfg: Config, client_id: int, folder: Path) -> Config:
+    """`cfg` with the seed this client starts from and noises with. privacy.client_seed when set (the clients
+    share it; the server's config need not hold it); null: a seed of this client's own, drawn once from the
+    operating system and kept in `folder`, so no other party, the server included, can rebuild its start or its
+    noise, whatever config it has. Its tokenizers and head then start apart from the other clients'."""
+    if cfg.privacy.client_seed is not None:
+        report(ClientSeed(client_id, "config", None))
+        return cfg
+    path = folder / SEED_FILE
+    if path.is_file():
+        text = path.read_text().strip()
+        if not text.isdigit():
+            raise MpslError(f"{path}: expected this client's seed (digits), found {text[:20]!r}; delete the file to "
+                            "draw a new one (the client then starts from new weights)")
+        seed, origin = int(text), "kept"
+    else:
+        seed, origin = secrets.randbits(48), "drawn"
+        write_atomically(path, lambda tmp: (tmp.touch(mode=0o600), tmp.write_text(f"{seed}\n")))
+    report(ClientSeed(client_id, origin, str(path)))
+    return cfg.replace(**{"privacy.client_seed": seed})
+
+
 async def run_client(cfg: Config, target: str, client_id: int, resume: bool, token_file: str | None,
                      ca: str | None, retry_for: float, whole_split: bool = False,
                      client_cert: tuple[str, str] | None = None, log_format: str = "text") -> None:
@@ -98,14 +125,8 @@ async def run_client(cfg: Config, target: str, client_id: int, resume: bool, tok
     if not 0 <= client_id < cfg.num_clients:
         raise MpslError(f"--client-id {client_id}: must be in 0..{cfg.num_clients - 1} (num_clients)")
     check_choices(cfg)
-    noisy = cfg.privacy.token_noise > 0 or cfg.privacy.grad_noise > 0
-    if noisy and cfg.privacy.client_seed is None:
-        raise ConfigError("privacy.client_seed: privacy noise is seeded from it, and null derives it from `seed`, "
-                          "which the server has (it could subtract the noise): give the clients a secret value")
-    if cfg.privacy.client_seed is None:
-        report(Insecure("privacy.client_seed is null: the clients' initial tokenizers and head derive from `seed`, "
-                        "which the server's config holds too, so the server can rebuild them and read labels and "
-                        "inputs from the first steps (docs/privacy.md); give the clients a secret shared value"))
+    folder = checkpoint_dir(cfg, f"client-{client_id}")
+    cfg = with_client_seed(cfg, client_id, folder)
     dataset = load_dataset(cfg.data, cfg.progress)
     if whole_split:  # the device's own data: everything its loader returns, batch ceil(B / N)
         shard, batch = dataset.train, client_batch_size(cfg)
@@ -114,8 +135,7 @@ async def run_client(cfg: Config, target: str, client_id: int, resume: bool, tok
         shard, batch = shards[client_id], client_batch_sizes(cfg, [len(s) for s in shards])[client_id]
     template, _ = templates(cfg, dataset.spec)
     task = TASKS.get(dataset.spec.task)()
-    app = ClientApp(split_client(cfg, client_id, shard, batch, template, task),
-                    checkpoint_dir(cfg, f"client-{client_id}"), cfg.deploy.keep_checkpoints)
+    app = ClientApp(split_client(cfg, client_id, shard, batch, template, task), folder, cfg.deploy.keep_checkpoints)
     if resume:
         report(ClientResumed(client_id, app.restore_latest()))
     expected = expected_shapes(template, dataset.spec, cfg.deploy.max_client_batch or cfg.train.batch_size)

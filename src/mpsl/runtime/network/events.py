@@ -136,7 +136,7 @@ class Quarantined(Event, name="quarantined"):
 @dataclass(frozen=True)
 class Insecure(Event, name="insecure"):
     """A setting that leaves the deployment open: a server without --tokens (any peer can join as any free
-    client id), or clients whose initial weights the server can rebuild (privacy.client_seed null)."""
+    client id)."""
 
     advice: str
 
@@ -232,6 +232,17 @@ class Welcomed(Event, name="welcomed"):
     epoch: int  # 1-based
     step: int
     wire_dtype: str
+
+
+@dataclass(frozen=True)
+class ClientSeed(Event, name="client_seed"):
+    """Where this client's starting weights and privacy noise come from: `config` (privacy.client_seed, shared
+    by the clients that set it), or a seed of its own that no other party knows, `drawn` now or `kept` from its
+    folder (privacy.client_seed null)."""
+
+    client: int
+    origin: str
+    path: str | None  # the file holding the client's own seed
 
 
 @dataclass(frozen=True)
