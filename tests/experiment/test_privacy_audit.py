@@ -38,6 +38,9 @@ def test_a_client_head_leaks_labels_to_a_server_that_knows_the_clients_seed_only
     image = scores["known-tokenizer inversion, image (leaked client seed) PSNR dB"]
     assert image.value > image.chance + 10
     assert scores["known-tokenizer inversion, image (server's template) PSNR dB"].value < image.chance + 1
+    for m in ("image", "audio"):  # a decoder trained on public data against client 0's tokenizer, seed unknown
+        learned = scores[f"learned inversion, {m} (query access to client 0) PSNR dB"]
+        assert learned.value > learned.chance + 2, m
 
 
 def test_results_json_carries_the_epsilon_the_accountant_gives_for_the_run(tmp_path) -> None:

@@ -26,9 +26,11 @@ from mpsl.analysis.privacy.attacks import (
     scalar_labels,
     ssim,
 )
+from mpsl.analysis.privacy.inversion import Encode, InversionSettings, learned_inversion
 from mpsl.config import Config
 from mpsl.data import Dataset
 from mpsl.data.loader import Batch
+from mpsl.devices import module_device
 from mpsl.errors import ClientUnavailable, ConfigError
 from mpsl.experiment.evaluate import evaluate
 from mpsl.experiment.methods.split_learning import Mpsl
@@ -42,6 +44,7 @@ from mpsl.protocol.group import Offer
 KEEP_INPUTS = 64  # samples per epoch whose tokens and inputs are kept for the reconstruction attack
 SCALAR_STEPS = 64  # client steps per epoch the loss/correct search runs on (C^b candidates each)
 SCALAR_MAX_BATCH = 5
+INVERSION = InversionSettings()  # the learned inversion's budget per modality and epoch (a few CPU seconds)
 
 
 @dataclass
@@ -146,14 +149,18 @@ def audit(cfg: Config, dataset: Dataset) -> PrivacyAudit:
     # that also learned privacy.client_seed would
     guesses = {"server's template": build_split_model(cfg.model, dataset.spec, cfg.seed)[0],
                "leaked client seed": build_split_model(cfg.model, dataset.spec, cfg.seed, client_init_seed(cfg))[0]}
-    public = dataset.test.subset(torch.arange(min(512, len(dataset.test))))  # data of the same kind
-    mean_input = {m: x.float().mean(0) for m, x in public.inputs.items()}  # the no-information guess
+    # data of the same kind, disjoint from every client's (the test split): the mean input and the inversion
+    # network's training pairs; the attacks are scored on the clients' training samples only
+    public = dataset.test.subset(torch.arange(min(512, len(dataset.test)))).inputs
+    mean_input = {m: x.float().mean(0) for m, x in public.items()}  # the no-information guess
     scores: list[AttackScore] = []
     for epoch in range(cfg.train.epochs):
         method.train_round(epoch, progress=cfg.progress)
         scores += label_attacks(tap.seen, guesses, dataset.spec.num_classes, cfg.model.head, epoch + 1)
         for name, guess in guesses.items():
             scores += input_attacks(tap.seen, guess, mean_input, epoch + 1, name)
+        scores += learned_input_attacks(tap.seen, method.clients[0].model, public, mean_input, epoch + 1,
+                                        "query access to client 0")
     model = method.global_model()
     accuracy = evaluate(model.client, model.server, dataset.test, method.task, cfg.eval.batch_size)["test_accuracy"]
     probe = dataset.train.subset(torch.arange(min(method.client_batch_size(), len(dataset.train))))  # [b]
@@ -225,6 +232,45 @@ def input_attacks(seen: list[Seen], guess: ClientModel, mean_input: dict[str, to
         guessed = invert_patch_tokenizer(tok, tokens, tuple(truth.shape[1:]))
         baseline = mean_input[m].expand_as(truth)
         attack = f"known-tokenizer inversion, {m} ({name})"
+        out.append(AttackScore(attack, epoch, "PSNR dB", psnr(guessed, truth), psnr(baseline, truth)))
+        out.append(AttackScore(attack, epoch, "SSIM", ssim(guessed, truth), ssim(baseline, truth)))
+    return out
+
+
+def client_encoder(model: ClientModel, modality: str) -> Encode:
+    """Query access to a client's current model: inputs [n, *shape] -> the tokens it would send [n, T, D] (the
+    clean model output, in eval mode: token noise is drawn from the client's own secret seed, so the attacker
+    cannot add the same, and the decoder learns the map the noise hides)."""
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return model.embed({modality: x.to(module_device(model))})[modality].float().cpu()
+        finally:
+            model.train(training)
+
+    return encode
+
+
+def learned_input_attacks(seen: list[Seen], model: ClientModel, public: Mapping[str, torch.Tensor],
+                          mean_input: Mapping[str, torch.Tensor], epoch: int, name: str,
+                          settings: InversionSettings = INVERSION) -> list[AttackScore]:
+    """A decoder trained on public (input, `model`'s tokens) pairs, applied to the kept samples' tokens (of
+    every client: they all start from `model`'s starting weights), for every image-like modality."""
+    kept = [s for s in seen if s.tokens is not None and s.inputs is not None]
+    out = []
+    for m in model.modalities:
+        have = [s for s in kept if m in s.tokens]
+        if not have or m not in public or len(public[m]) < 2 or not public[m].is_floating_point() \
+                or public[m].dim() != 4:
+            continue  # nothing kept or too little public data, or not an image or spectrogram [n, C, H, W]
+        tokens = torch.cat([s.tokens[m] for s in have]).float().cpu()  # [n, T, D]
+        truth = torch.cat([s.inputs[m] for s in have]).float().cpu()  # [n, *shape]
+        guessed = learned_inversion(client_encoder(model, m), public[m], tokens, settings)
+        baseline = mean_input[m].expand_as(truth)
+        attack = f"learned inversion, {m} ({name})"
         out.append(AttackScore(attack, epoch, "PSNR dB", psnr(guessed, truth), psnr(baseline, truth)))
         out.append(AttackScore(attack, epoch, "SSIM", ssim(guessed, truth), ssim(baseline, truth)))
     return out
