@@ -40,9 +40,9 @@ def test_a_known_tokenizer_is_inverted_far_better_than_the_mean_input(mixed: boo
 
     public, private = _images(300, seed=1), _images(64, seed=2)
     with torch.no_grad():
-        sent = encode(private)
+        queried, sent = encode(public), encode(private)
     # Execute
-    guess = learned_inversion(encode, public, sent, SETTINGS)
+    guess = learned_inversion(queried, public, sent, SETTINGS)
     # Assert: the mean of the public inputs is the guess without the tokens
     mean = public.mean(0).expand_as(private)
     assert psnr(guess, private) > psnr(mean, private) + 6
@@ -58,7 +58,7 @@ def test_tokens_independent_of_the_input_teach_nothing() -> None:
 
     public, private = _images(300, seed=1), _images(64, seed=2)
     # Execute
-    guess = learned_inversion(encode, public, encode(private), SETTINGS)
+    guess = learned_inversion(encode(public), public, encode(private), SETTINGS)
     # Assert: no better than the mean input (the held-out public pairs keep the decoder from fitting the noise)
     mean = public.mean(0).expand_as(private)
     assert psnr(guess, private) < psnr(mean, private) + 0.5
@@ -68,12 +68,14 @@ def test_tokens_independent_of_the_input_teach_nothing() -> None:
 def test_training_is_seeded_and_leaves_the_global_random_stream_alone() -> None:
     # Prepare
     tok, public = _tokenizer(), _images(100, seed=1)
+    with torch.no_grad():
+        tokens = tok(public)  # [100, 10, 32]
     torch.manual_seed(0)
     before = torch.random.get_rng_state()
     # Execute
-    first = train_inversion(tok, public, InversionSettings(steps=20, hidden=32, components=16))
+    first = train_inversion(tokens, public, InversionSettings(steps=20, hidden=32, components=16))
     after = torch.random.get_rng_state()
-    second = train_inversion(tok, public, InversionSettings(steps=20, hidden=32, components=16))
+    second = train_inversion(tokens, public, InversionSettings(steps=20, hidden=32, components=16))
     # Assert
     assert torch.equal(before, after)
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):

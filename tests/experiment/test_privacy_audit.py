@@ -58,3 +58,12 @@ def test_results_json_carries_the_epsilon_the_accountant_gives_for_the_run(tmp_p
     spent = privacy_spent(cfg.privacy, 1)
     assert saved.privacy.epsilon_tokens == spent.epsilon_tokens and saved.privacy.epsilon_labels == spent.epsilon_labels
     assert 0 < spent.epsilon_labels < spent.epsilon_tokens and saved.privacy.delta == 1e-5
+
+
+def test_with_blocks_on_the_clients_only_the_learned_inversion_attacks_the_inputs() -> None:
+    # the least-squares inversion assumes tokens linear in the input; after a client block they are not
+    scores = _scores("model.client_blocks=1")
+    assert not [a for a in scores if a.startswith("known-tokenizer inversion")]
+    assert {a for a in scores if a.startswith("learned inversion")} == {
+        f"learned inversion, {m} (query access to client 0) {metric}"
+        for m in ("image", "audio") for metric in ("PSNR dB", "SSIM")}

@@ -26,7 +26,7 @@ from mpsl.analysis.privacy.attacks import (
     scalar_labels,
     ssim,
 )
-from mpsl.analysis.privacy.inversion import Encode, InversionSettings, learned_inversion
+from mpsl.analysis.privacy.inversion import InversionSettings, learned_inversion
 from mpsl.config import Config
 from mpsl.data import Dataset
 from mpsl.data.loader import Batch
@@ -218,7 +218,11 @@ def _scalars(seen: list[Seen], guess: ClientModel, head: str) -> float | None:
 
 def input_attacks(seen: list[Seen], guess: ClientModel, mean_input: dict[str, torch.Tensor], epoch: int,
                   name: str) -> list[AttackScore]:
-    """Least-squares inversion of the tokenizers the server can rebuild, on the kept samples' tokens."""
+    """Least-squares inversion of the tokenizers the server can rebuild, on the kept samples' tokens; none when
+    the clients run encoder blocks after them (model.client_blocks): the tokens are then no linear map of the input.
+    """
+    if guess.blocks is not None:
+        return []
     kept = [s for s in seen if s.tokens is not None and s.inputs is not None]
     out = []
     for m, tok in guess.tokenizers.items():
@@ -237,21 +241,19 @@ def input_attacks(seen: list[Seen], guess: ClientModel, mean_input: dict[str, to
     return out
 
 
-def client_encoder(model: ClientModel, modality: str) -> Encode:
-    """Query access to a client's current model: inputs [n, *shape] -> the tokens it would send [n, T, D] (the
+def client_tokens(model: ClientModel, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Query access to a client's current model: the tokens it would send for `inputs`, m -> [n, T_m, D], every
+    modality in one call (with client blocks under early fusion a modality's tokens depend on the others). The
     clean model output, in eval mode: token noise is drawn from the client's own secret seed, so the attacker
-    cannot add the same, and the decoder learns the map the noise hides)."""
-
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                return model.embed({modality: x.to(module_device(model))})[modality].float().cpu()
-        finally:
-            model.train(training)
-
-    return encode
+    cannot add the same, and the decoder learns the map the noise hides."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            device = module_device(model)
+            return {m: t.float().cpu() for m, t in model.embed({m: x.to(device) for m, x in inputs.items()}).items()}
+    finally:
+        model.train(training)
 
 
 def learned_input_attacks(seen: list[Seen], model: ClientModel, public: Mapping[str, torch.Tensor],
@@ -260,15 +262,16 @@ def learned_input_attacks(seen: list[Seen], model: ClientModel, public: Mapping[
     """A decoder trained on public (input, `model`'s tokens) pairs, applied to the kept samples' tokens (of
     every client: they all start from `model`'s starting weights), for every image-like modality."""
     kept = [s for s in seen if s.tokens is not None and s.inputs is not None]
+    images = {m for m, x in public.items() if len(x) >= 2 and x.is_floating_point() and x.dim() == 4}
+    public_tokens = client_tokens(model, public)
     out = []
     for m in model.modalities:
         have = [s for s in kept if m in s.tokens]
-        if not have or m not in public or len(public[m]) < 2 or not public[m].is_floating_point() \
-                or public[m].dim() != 4:
+        if not have or m not in images:
             continue  # nothing kept or too little public data, or not an image or spectrogram [n, C, H, W]
         tokens = torch.cat([s.tokens[m] for s in have]).float().cpu()  # [n, T, D]
         truth = torch.cat([s.inputs[m] for s in have]).float().cpu()  # [n, *shape]
-        guessed = learned_inversion(client_encoder(model, m), public[m], tokens, settings)
+        guessed = learned_inversion(public_tokens[m], public[m], tokens, settings)
         baseline = mean_input[m].expand_as(truth)
         attack = f"learned inversion, {m} ({name})"
         out.append(AttackScore(attack, epoch, "PSNR dB", psnr(guessed, truth), psnr(baseline, truth)))

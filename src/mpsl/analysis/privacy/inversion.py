@@ -1,8 +1,9 @@
 """A learned inversion network: the server trains a decoder from tokens back to inputs on public data.
 
 The attacker has public inputs of the same kind as the clients' (a disjoint part of the dataset) and query
-access to a client model, `encode(inputs) -> tokens` (a colluding client, or a server that may run a client's
-current model). It trains a decoder on (tokens, input) pairs and applies it to the private tokens it received.
+access to a client model (a colluding client, or a server that may run a client's current model): the tokens
+that model sends for each public input. It trains a decoder on these (tokens, input) pairs and applies it to
+the private tokens it received.
 
 The decoder is one MLP over all of a sample's tokens flattened, [T * D] -> k -> hidden -> [*input shape], not one
 per token: with transformer blocks on the client (`model.client_blocks`) every token mixes every position,
@@ -16,14 +17,11 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-Encode = Callable[[torch.Tensor], torch.Tensor]  # inputs [n, *shape] -> the tokens a client sends [n, T, D]
 
 
 @dataclass(frozen=True)
@@ -72,16 +70,15 @@ class TokenDecoder(nn.Module):
         return self.input_mean + self.net(z).view(-1, *self.shape)  # [b, P] -> [b, *shape]
 
 
-def train_inversion(encode: Encode, public: torch.Tensor, settings: InversionSettings = InversionSettings()
+def train_inversion(tokens: torch.Tensor, public: torch.Tensor, settings: InversionSettings = InversionSettings()
                     ) -> TokenDecoder:
-    """A decoder trained on (encode(x), x) for public inputs x [n, *shape] (n >= 2), seeded and deterministic;
-    the global random stream is left as it was (the attack runs between training epochs)."""
-    if len(public) < 2:
-        raise ValueError(f"a learned inversion needs 2 public samples or more (to train and to hold out), got "
-                         f"{len(public)}")
-    public = public.float()
-    with torch.no_grad():
-        tokens = encode(public).float()  # [n, T, D]
+    """A decoder trained on public pairs, the tokens [n, T, D] a client model sends for inputs [n, *shape]
+    (n >= 2), seeded and deterministic; the global random stream is left as it was (the attack runs between
+    training epochs)."""
+    if len(public) < 2 or len(tokens) != len(public):
+        raise ValueError(f"a learned inversion needs 2 public pairs or more (to train and to hold out), got "
+                         f"{len(tokens)} token rows for {len(public)} inputs")
+    public, tokens = public.float(), tokens.detach().float()
     n = len(public)
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(settings.seed)  # the CPU stream only: fork_rng restores only it
@@ -110,9 +107,9 @@ def _loss(decoder: TokenDecoder, tokens: torch.Tensor, inputs: torch.Tensor) -> 
         return float(F.mse_loss(decoder(tokens), inputs))
 
 
-def learned_inversion(encode: Encode, public: torch.Tensor, tokens: torch.Tensor,
+def learned_inversion(public_tokens: torch.Tensor, public: torch.Tensor, tokens: torch.Tensor,
                       settings: InversionSettings = InversionSettings()) -> torch.Tensor:
-    """Private tokens [b, T, D] -> guessed inputs [b, *shape], by a decoder trained on the public inputs."""
-    decoder = train_inversion(encode, public, settings)
+    """Private tokens [b, T, D] -> guessed inputs [b, *shape], by a decoder trained on the public pairs."""
+    decoder = train_inversion(public_tokens, public, settings)
     with torch.no_grad():
         return decoder(tokens.float())
