@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", type=int, default=1, help="train the whole comparison this many times (seed, "
                          "seed + 1, ...) and report mean ± std (default 1)")
     compare.add_argument("--tune", action="store_true", help="train each method over its grid (tune.*) with the same "
-                         "budget and keep the best on the validation split (needs data.val_size)")
+                         "budget and keep the best on the validation split (needs data.val_size); with --seeds, "
+                         "the first seed tunes and the others train at its choices")
 
     demo = sub.add_parser("demo", help="MPSL vs FedAvg vs centralized on the embedded avdigits dataset")
     demo.add_argument("overrides", nargs="*", metavar="key=value")

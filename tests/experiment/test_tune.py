@@ -68,3 +68,32 @@ def test_every_method_declares_a_grid_of_valid_settings(name: str) -> None:
     assert len(grid) == expected and len({tuple(sorted(g.items())) for g in grid}) == expected
     for overrides in grid:
         cfg.replace(**overrides)  # every setting is a valid config
+
+
+def test_with_seeds_the_first_seed_tunes_and_every_other_trains_once_at_its_choice(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    # Prepare: record each training's seed and rate
+    import mpsl.experiment.run as run
+
+    calls: list[tuple[int, float]] = []
+
+    def recorded(cfg: Config, dataset: Dataset, name: str, out_dir: Path, world=None) -> RunResult:
+        calls.append((cfg.seed, cfg.train.server_lr))
+        result = dataclasses.replace(_fake_train(cfg, dataset, name, out_dir), seed=cfg.seed)
+        result.save(out_dir / "results.json")
+        return result
+
+    monkeypatch.setattr(run, "run_method", recorded)
+    cfg = tiny_config("data.val_size=16", "methods=[centralized]", f"out_dir={tmp_path}")
+
+    # Execute
+    results = run.run_experiment(cfg, tune=True, seeds=3)
+
+    # Assert: three trials on the first seed, then the validation-best rate (trial 1) once per other seed,
+    # each result carrying the first seed's tuning
+    lr = cfg.train.server_lr
+    assert [c[0] for c in calls] == [cfg.seed] * 3 + [cfg.seed + 1, cfg.seed + 2]
+    assert [c[1] for c in calls[3:]] == pytest.approx([lr, lr])
+    assert [r.tuning.chosen for r in results] == [1, 1, 1] and all(r.tuning == results[0].tuning for r in results)
+    saved = RunResult.load(tmp_path / cfg.name / f"seed-{cfg.seed + 2}" / "centralized" / "results.json")
+    assert saved.tuning == results[0].tuning

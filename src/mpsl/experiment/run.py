@@ -6,6 +6,7 @@ Every method goes through the same loop, so their numbers are measured the same 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from mpsl.experiment.results import (
     Privacy,
     RunResult,
     TrainableParams,
+    Tuning,
 )
 from mpsl.files import read_json, write_atomically, write_json
 from mpsl.models import WholeModel
@@ -239,22 +241,24 @@ def check_names(cfg: Config) -> None:
 
 
 def run_experiment(cfg: Config, reuse: bool = False, force: bool = False, tune: bool = False, seeds: int = 1,
-                   world: TorchWorld | None = None) -> list[RunResult]:
+                   world: TorchWorld | None = None, tuned: Mapping[str, Tuning] | None = None) -> list[RunResult]:
     """Every method in cfg.methods on the same data and seed, then the comparison reports.
 
     Writes runs/<name>/config.yaml (the resolved config), runs/<name>/<method>/{results.json,
     client.safetensors, server.safetensors} and the reports of experiment.report. With `reuse`, a method
     whose results exist for the same settings is not trained again; without it, a run folder that
     already holds something is refused unless `force`. With `tune`, each method is trained over its grid
-    and the validation-best setting kept (experiment.tune); nothing is reused then. With `seeds` > 1, the
-    whole comparison runs once per seed (cfg.seed, cfg.seed + 1, ...) in runs/<name>/seed-<s>/ and
-    experiment.seeded summarizes them in runs/<name>/; every seed's results are returned, seed by seed.
+    and the validation-best setting kept (experiment.tune); nothing is reused then. `tuned` (method -> an
+    earlier tuning) trains each method once at the setting that tuning kept. With `seeds` > 1, the whole
+    comparison runs once per seed (cfg.seed, cfg.seed + 1, ...) in runs/<name>/seed-<s>/ and
+    experiment.seeded summarizes them in runs/<name>/; every seed's results are returned, seed by seed; with
+    `tune`, the first seed tunes and the others train at its choices.
     With server replicas (`world`, torchrun) rank 0 prepares the data first and alone writes the folder.
     """
     from mpsl.analysis.scaling import scaling_table
     from mpsl.data import load_dataset
     from mpsl.experiment.report import write_reports
-    from mpsl.experiment.tune import tune_method
+    from mpsl.experiment.tune import train_chosen, tune_method
 
     check_names(cfg)
     run_dir = Path(cfg.out_dir) / cfg.name
@@ -276,6 +280,9 @@ def run_experiment(cfg: Config, reuse: bool = False, force: bool = False, tune: 
         world.barrier()
     results = []
     for name in cfg.methods:
+        if tuned is not None:
+            results.append(train_chosen(cfg, dataset, name, run_dir, tuned[name], run_method))
+            continue
         if tune:
             results.append(tune_method(cfg, dataset, name, run_dir, run_method))
             continue
@@ -298,11 +305,14 @@ def run_experiment(cfg: Config, reuse: bool = False, force: bool = False, tune: 
 def _run_seeds(cfg: Config, run_dir: Path, reuse: bool, force: bool, tune: bool, seeds: int) -> list[RunResult]:
     from mpsl.experiment.seeded import write_seeded_reports
 
-    by_seed = {}
+    by_seed: dict[int, list[RunResult]] = {}
+    tuned: dict[str, Tuning] | None = None  # with --tune: what the first seed chose, per method
     for seed in range(cfg.seed, cfg.seed + seeds):
         print(f"seed {seed} ({seed - cfg.seed + 1} of {seeds})", flush=True)
         by_seed[seed] = run_experiment(cfg.replace(seed=seed, name=f"seed-{seed}", out_dir=str(run_dir)),
-                                       reuse, force, tune)
+                                       reuse, force, tune and tuned is None, tuned=tuned)
+        if tune and tuned is None:
+            tuned = {r.method: r.tuning for r in by_seed[seed] if r.tuning is not None}
     write_atomically(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
     write_json(run_dir / EXPERIMENT_FILE, {"methods": list(cfg.methods), "seeds": sorted(by_seed)})
     write_seeded_reports(run_dir, by_seed)

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from mpsl.config import Config
+from mpsl.config import Config, to_dict
 from mpsl.data import Dataset
 from mpsl.errors import ConfigError
 from mpsl.experiment.methods import METHODS
@@ -52,3 +52,27 @@ def tune_method(cfg: Config, dataset: Dataset, name: str, run_dir: Path, train: 
     shutil.copytree(trials_dir / f"trial-{best}", out)
     chosen.save(out / RESULTS_FILE)
     return chosen
+
+
+def chosen_overrides(cfg: Config, tuning: Tuning) -> dict[str, int | float]:
+    """The setting a tuning kept, as overrides of `cfg` (whole numbers where the key holds an integer)."""
+    tree = to_dict(cfg)
+
+    def current(key: str) -> object:
+        node = tree
+        for part in key.split("."):
+            node = node[part]
+        return node
+
+    picked = tuning.trials[tuning.chosen].overrides
+    return {k: int(v) if isinstance(current(k), int) and float(v).is_integer() else v for k, v in picked.items()}
+
+
+def train_chosen(cfg: Config, dataset: Dataset, name: str, run_dir: Path, tuning: Tuning, train: Train) -> RunResult:
+    """`name` trained once at the setting an earlier tuning (another seed's) kept, that tuning recorded with it:
+    --seeds with --tune chooses on the first seed and trains every seed at that choice."""
+    out = run_dir / name
+    result = dataclasses.replace(train(cfg.replace(**chosen_overrides(cfg, tuning)), dataset, name, out),
+                                 tuning=tuning)
+    result.save(out / RESULTS_FILE)
+    return result
