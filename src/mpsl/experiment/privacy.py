@@ -37,9 +37,10 @@ from mpsl.experiment.methods.split_learning import Mpsl
 from mpsl.models import ClientModel, build_split_model
 from mpsl.models.heads import ClassifierHead
 from mpsl.models.tokenizers import PatchTokenizer
-from mpsl.parties import client_init_seed
+from mpsl.parties import client_init_seed, client_privacy
 from mpsl.protocol import ClientGroup, CutGrad, EpochMetrics, FeatureGrad, Features
 from mpsl.protocol.group import Offer
+from mpsl.protocol.privacy import ClientPrivacy, protect_tokens
 
 KEEP_INPUTS = 64  # samples per epoch whose tokens and inputs are kept for the reconstruction attack
 SCALAR_STEPS = 64  # client steps per epoch the loss/correct search runs on (C^b candidates each)
@@ -159,8 +160,8 @@ def audit(cfg: Config, dataset: Dataset) -> PrivacyAudit:
         scores += label_attacks(tap.seen, guesses, dataset.spec.num_classes, cfg.model.head, epoch + 1)
         for name, guess in guesses.items():
             scores += input_attacks(tap.seen, guess, mean_input, epoch + 1, name)
-        scores += learned_input_attacks(tap.seen, method.clients[0].model, public, mean_input, epoch + 1,
-                                        "query access to client 0")
+        scores += learned_input_attacks(tap.seen, method.clients[0].model, client_privacy(cfg, 0), public,
+                                        mean_input, epoch + 1, "query access to client 0")
     model = method.global_model()
     accuracy = evaluate(model.client, model.server, dataset.test, method.task, cfg.eval.batch_size)["test_accuracy"]
     probe = dataset.train.subset(torch.arange(min(method.client_batch_size(), len(dataset.train))))  # [b]
@@ -241,29 +242,32 @@ def input_attacks(seen: list[Seen], guess: ClientModel, mean_input: dict[str, to
     return out
 
 
-def client_tokens(model: ClientModel, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def client_tokens(model: ClientModel, inputs: Mapping[str, torch.Tensor], privacy: ClientPrivacy,
+                  generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Query access to a client's current model: the tokens it would send for `inputs`, m -> [n, T_m, D], every
-    modality in one call (with client blocks under early fusion a modality's tokens depend on the others). The
-    clean model output, in eval mode: token noise is drawn from the client's own secret seed, so the attacker
-    cannot add the same, and the decoder learns the map the noise hides."""
+    modality in one call (with client blocks under early fusion a modality's tokens depend on the others), in
+    eval mode. Token clipping and noise are applied as the client applies them (the mechanism and its scale are
+    in the config) but from the attacker's own `generator`: the client's draws come from its secret seed, so
+    the decoder learns to read through noise of that scale, not to undo the very draws."""
     training = model.training
     model.eval()
     try:
         with torch.no_grad():
             device = module_device(model)
-            return {m: t.float().cpu() for m, t in model.embed({m: x.to(device) for m, x in inputs.items()}).items()}
+            clean = model.embed({m: x.to(device) for m, x in inputs.items()})
+            return {m: t.float().cpu() for m, t in protect_tokens(clean, privacy, generator).items()}
     finally:
         model.train(training)
 
 
-def learned_input_attacks(seen: list[Seen], model: ClientModel, public: Mapping[str, torch.Tensor],
-                          mean_input: Mapping[str, torch.Tensor], epoch: int, name: str,
-                          settings: InversionSettings = INVERSION) -> list[AttackScore]:
+def learned_input_attacks(seen: list[Seen], model: ClientModel, privacy: ClientPrivacy,
+                          public: Mapping[str, torch.Tensor], mean_input: Mapping[str, torch.Tensor], epoch: int,
+                          name: str, settings: InversionSettings = INVERSION) -> list[AttackScore]:
     """A decoder trained on public (input, `model`'s tokens) pairs, applied to the kept samples' tokens (of
     every client: they all start from `model`'s starting weights), for every image-like modality."""
     kept = [s for s in seen if s.tokens is not None and s.inputs is not None]
     images = {m for m, x in public.items() if len(x) >= 2 and x.is_floating_point() and x.dim() == 4}
-    public_tokens = client_tokens(model, public)
+    public_tokens = client_tokens(model, public, privacy, torch.Generator().manual_seed(settings.seed))
     out = []
     for m in model.modalities:
         have = [s for s in kept if m in s.tokens]
