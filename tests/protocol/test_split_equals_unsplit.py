@@ -22,6 +22,23 @@ from tests.helpers import adam, split_parties, tiny_config
 SIZES = [3, 2, 4]  # unequal client batches: weights 3/9, 2/9, 4/9
 
 
+def _unsplit_step(clients, server, shards, block_grads: dict | None = None) -> torch.Tensor:
+    """The reference: one graph over every client's slice, the mean loss over all B samples, Adam everywhere;
+    `block_grads` receives the encoder blocks' gradients before the step."""
+    opts = [adam(m) for m in [*clients, server]]
+    tokens = [m.embed(s.inputs) for m, s in zip(clients, shards, strict=True)]
+    joint = {mod: torch.cat([t[mod] for t in tokens]) for mod in tokens[0]}  # [B, T_m, D]
+    outputs = server(joint).split(SIZES)
+    logits = torch.cat([m.head(o) for m, o in zip(clients, outputs, strict=True)])  # [B, C]
+    loss = F.cross_entropy(logits, torch.cat([s.labels for s in shards]))
+    loss.backward()
+    if block_grads is not None:
+        block_grads.update({n: p.grad.clone() for n, p in server.named_parameters() if n.startswith("encoder.blocks.")})
+    for opt in opts:
+        opt.step()
+    return loss
+
+
 
 @pytest.mark.parametrize("fusion", ["early", "late"])
 @pytest.mark.parametrize("head", ["client", "server"])
@@ -39,15 +56,7 @@ def test_one_mpsl_step_equals_one_unsplit_step(head: str, fusion: str) -> None:
     result = mpsl_step(server, [InProcessHandle(c) for c in clients], step=0)
 
     # Execute: the unsplit reference
-    ref_opts = [adam(m) for m in [*ref_clients, ref_server]]
-    tokens = [m.embed(s.inputs) for m, s in zip(ref_clients, shards, strict=True)]
-    joint = {mod: torch.cat([t[mod] for t in tokens]) for mod in tokens[0]}  # [B, T_m, D]
-    outputs = ref_server(joint).split(SIZES)
-    logits = torch.cat([m.head(o) for m, o in zip(ref_clients, outputs, strict=True)])  # [B, C]
-    loss = F.cross_entropy(logits, torch.cat([s.labels for s in shards]))
-    loss.backward()
-    for opt in ref_opts:
-        opt.step()
+    loss = _unsplit_step(ref_clients, ref_server, shards)
 
     # Assert
     assert result is not None and result.batch_sizes == SIZES
@@ -83,16 +92,8 @@ def test_a_deeper_cut_computes_what_the_whole_encoder_computes(head: str, fusion
 
     # Execute: the split step, and the unsplit reference with every block on the server
     result = mpsl_step(server, [InProcessHandle(c) for c in clients], step=0)
-    ref_opts = [adam(m) for m in [*ref_clients, ref_server]]
-    tokens = [m.embed(s.inputs) for m, s in zip(ref_clients, shards, strict=True)]
-    joint = {mod: torch.cat([t[mod] for t in tokens]) for mod in tokens[0]}  # [B, T_m, D]
-    outputs = ref_server(joint).split(SIZES)
-    logits = torch.cat([m.head(o) for m, o in zip(ref_clients, outputs, strict=True)])  # [B, C]
-    loss = F.cross_entropy(logits, torch.cat([s.labels for s in shards]))
-    loss.backward()
-    ref_grads = {n: p.grad.clone() for n, p in ref_server.named_parameters() if n.startswith("encoder.blocks.")}
-    for opt in ref_opts:
-        opt.step()
+    ref_grads: dict[str, torch.Tensor] = {}
+    loss = _unsplit_step(ref_clients, ref_server, shards, ref_grads)
 
     # Assert: the loss; every block's gradient, block 0's as the sum of the clients' shares (Adam's first step
     # divides by |g| and would magnify the rounding of a batch split in three); each client's tokenizers and
