@@ -109,7 +109,13 @@ def with_client_seed(cfg: Config, client_id: int, folder: Path) -> Config:
         seed, origin = int(text), "kept"
     else:
         seed, origin = secrets.randbits(48), "drawn"
-        write_atomically(path, lambda tmp: (tmp.touch(mode=0o600), tmp.write_text(f"{seed}\n")))
+
+        def write(tmp: Path) -> None:  # readable by this user only, before the seed is in it
+            tmp.touch(mode=0o600)
+            tmp.chmod(0o600)
+            tmp.write_text(f"{seed}\n")
+
+        write_atomically(path, write)
     report(ClientSeed(client_id, origin, str(path)))
     return cfg.replace(**{"privacy.client_seed": seed})
 
