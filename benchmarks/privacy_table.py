@@ -50,6 +50,8 @@ COLUMNS = [  # (header, attack, metric); the scores of the last epoch
     ("image learned PSNR", "learned inversion, image (query access to client 0)", "PSNR dB"),
     ("image learned SSIM", "learned inversion, image (query access to client 0)", "SSIM"),
     ("audio learned PSNR", "learned inversion, audio (query access to client 0)", "PSNR dB"),
+    ("text words (server's seed)", "known-embedding reading, text (server's template)", "word accuracy"),
+    ("text words (leaked seed)", "known-embedding reading, text (leaked client seed)", "word accuracy"),
 ]
 
 
@@ -85,18 +87,19 @@ def markdown(rows: list[dict]) -> str:
     out = []
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         mine = [r for r in rows if r["dataset"] == dataset]
-        head = ["setting", *(c[0] for c in COLUMNS), "test acc.", "client GFLOPs/sample", "ε tokens / labels", "s"]
+        columns = [c for c in COLUMNS if any(_cell(r, c[1], c[2]) != "–" for r in mine)]  # attacks that applied
+        head = ["setting", *(c[0] for c in columns), "test acc.", "client GFLOPs/sample", "ε tokens / labels", "s"]
         out += [f"**{dataset}** (`{' '.join(BASE[dataset])}`, epoch {mine[0]['epoch']})", "",
                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         chance = ["chance (no messages)"]
-        for _, attack, metric in COLUMNS:  # the same for every row: a label prior, or the mean public input
+        for _, attack, metric in columns:  # the same for every row: a label prior, or the mean public input
             cells = [_cell(r, attack, metric, "chance") for r in mine]
             chance.append(next((c for c in cells if c not in ("–", "not sent")), "–"))
         out.append("| " + " | ".join([*chance, "", "", "", ""]) + " |")
         for r in mine:
             eps = " / ".join("off" if e is None else f"{e:.2f}" for e in (r["epsilon_tokens"], r["epsilon_labels"]))
             cells = [f"`{r['setting']}`" if r["setting"] else "defaults",
-                     *(_cell(r, attack, metric) for _, attack, metric in COLUMNS),
+                     *(_cell(r, attack, metric) for _, attack, metric in columns),
                      f"{r['test_accuracy']:.3f}", f"{r['client_gflops']:.4f}", eps, f"{r['seconds']:.0f}"]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")

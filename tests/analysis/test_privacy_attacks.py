@@ -16,11 +16,12 @@ from mpsl.analysis.privacy.attacks import (
     invert_patch_tokenizer,
     matched_accuracy,
     psnr,
+    read_text_tokens,
     scalar_labels,
     ssim,
 )
 from mpsl.config import PrivacyConfig
-from mpsl.models.tokenizers import PatchTokenizer
+from mpsl.models.tokenizers import PatchTokenizer, TextTokenizer
 
 
 def test_a_known_patch_tokenizer_is_inverted_exactly_despite_its_layernorm() -> None:
@@ -43,6 +44,37 @@ def test_another_tokenizer_inverts_to_noise() -> None:
         guess = invert_patch_tokenizer(other, tok(x), (1, 12, 12))
     # no better than guessing the mean (zero) everywhere
     assert psnr(guess, x) < psnr(torch.zeros_like(x), x) + 1 and ssim(guess, x) < 0.3
+
+
+def _text_tokenizer(seed: int) -> TextTokenizer:
+    """A 200-word vocabulary at width 32 (a pretrained table's scale, std 0.05), positions drawn from `seed`."""
+    torch.manual_seed(seed)
+    words = nn.Embedding(200, 32)
+    nn.init.normal_(words.weight, std=0.05)
+    return TextTokenizer(words, 8, nn.LayerNorm(32))
+
+
+def test_text_tokens_are_read_back_from_known_word_embeddings_even_with_unknown_positions() -> None:
+    # Prepare: the client's tokenizer, and a server's rebuild with the same words but other positions
+    client = _text_tokenizer(seed=0)
+    server = _text_tokenizer(seed=1)
+    server.words.weight.data.copy_(client.words.weight.data)
+    ids = torch.randint(200, (16, 8), generator=torch.Generator().manual_seed(2))  # [16, 8]
+    with torch.no_grad():
+        tokens = client(ids)  # [16, 8, 32]
+    # Execute
+    exact, rebuilt = read_text_tokens(client, tokens), read_text_tokens(server, tokens)
+    # Assert: every word with the client's positions, nearly every one without them (chance is 1/200)
+    assert torch.equal(exact, ids)
+    assert (rebuilt == ids).float().mean() > 0.9
+
+
+def test_text_tokens_of_other_word_embeddings_read_as_noise() -> None:
+    client, other = _text_tokenizer(seed=0), _text_tokenizer(seed=3)  # different tables altogether
+    ids = torch.randint(200, (16, 8), generator=torch.Generator().manual_seed(2))  # [16, 8]
+    with torch.no_grad():
+        read = read_text_tokens(other, client(ids))
+    assert (read == ids).float().mean() < 0.05
 
 
 def test_the_loss_and_hit_count_of_a_small_batch_name_its_labels() -> None:

@@ -76,3 +76,23 @@ def test_the_learned_inversion_trains_through_token_noise_of_the_configured_scal
     for m in ("image", "audio"):
         learned = scores[f"learned inversion, {m} (query access to client 0) PSNR dB"]
         assert abs(learned.value - learned.chance) < 1.0, m
+
+
+def test_text_tokens_are_read_back_from_the_public_word_embeddings(tmp_path) -> None:
+    # Prepare: tweets (t4sa's layout) through the encoder's own word embeddings; only the positions are secret
+    from tests.data.fixtures import FIXTURES
+
+    root = tmp_path / "t4sa"
+    fx = FIXTURES["t4sa"](root)
+    cfg = tiny_config("data.name=t4sa", f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}",
+                      "data.image_size=32", "data.text_length=12", "data.train_size=null", "data.test_size=null",
+                      "num_clients=2", "partition.kind=iid", "partition.min_size=1", "train.batch_size=4",
+                      *[f"data.{k}={v}" for k, v in fx.settings.items()])
+    # Execute
+    result = audit(cfg, load_dataset(cfg.data))
+    # Assert: the words come back with the clients' positions and nearly as well without them
+    scores = {s.attack: s for s in result.scores if s.metric == "word accuracy"}
+    leaked, own = (scores[f"known-embedding reading, text ({name})"] for name in ("leaked client seed",
+                                                                                   "server's template"))
+    assert leaked.value > 0.95 and leaked.chance < 0.5
+    assert own.value > leaked.chance + 0.3

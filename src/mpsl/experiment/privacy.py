@@ -23,6 +23,7 @@ from mpsl.analysis.privacy.attacks import (
     norm_score_auc,
     projected_labels,
     psnr,
+    read_text_tokens,
     scalar_labels,
     ssim,
 )
@@ -36,7 +37,7 @@ from mpsl.experiment.evaluate import evaluate
 from mpsl.experiment.methods.split_learning import Mpsl
 from mpsl.models import ClientModel, build_split_model
 from mpsl.models.heads import ClassifierHead
-from mpsl.models.tokenizers import PatchTokenizer
+from mpsl.models.tokenizers import PatchTokenizer, TextTokenizer
 from mpsl.parties import client_init_seed, client_privacy
 from mpsl.protocol import ClientGroup, CutGrad, EpochMetrics, FeatureGrad, Features
 from mpsl.protocol.group import Offer
@@ -45,6 +46,7 @@ from mpsl.protocol.privacy import ClientPrivacy, protect_tokens
 KEEP_INPUTS = 64  # samples per epoch whose tokens and inputs are kept for the reconstruction attack
 SCALAR_STEPS = 64  # client steps per epoch the loss/correct search runs on (C^b candidates each)
 SCALAR_MAX_BATCH = 5
+TEXT_FRAME_IDS = frozenset({0, 100, 101, 102, 103})  # WordPiece [PAD], [UNK], [CLS], [SEP], [MASK]: not words
 INVERSION = InversionSettings()  # the learned inversion's budget per modality and epoch (a few CPU seconds)
 
 
@@ -227,6 +229,8 @@ def input_attacks(seen: list[Seen], guess: ClientModel, mean_input: dict[str, to
     kept = [s for s in seen if s.tokens is not None and s.inputs is not None]
     out = []
     for m, tok in guess.tokenizers.items():
+        if isinstance(tok, TextTokenizer):
+            out += _text_attack(kept, m, tok, epoch, name)
         if not isinstance(tok, PatchTokenizer):
             continue
         have = [s for s in kept if m in s.tokens]
@@ -240,6 +244,23 @@ def input_attacks(seen: list[Seen], guess: ClientModel, mean_input: dict[str, to
         out.append(AttackScore(attack, epoch, "PSNR dB", psnr(guessed, truth), psnr(baseline, truth)))
         out.append(AttackScore(attack, epoch, "SSIM", ssim(guessed, truth), ssim(baseline, truth)))
     return out
+
+
+def _text_attack(kept: list[Seen], m: str, tok: TextTokenizer, epoch: int, name: str) -> list[AttackScore]:
+    """The known-embedding reading of text tokens, scored on the words (padding and the [CLS]/[SEP] ids that
+    every sentence has are left out); chance: always guessing the most common word."""
+    have = [s for s in kept if m in s.tokens]
+    if not have:
+        return []
+    ids = torch.cat([s.inputs[m] for s in have]).cpu()  # [n, L]
+    read = read_text_tokens(tok, torch.cat([s.tokens[m] for s in have]).cpu())  # [n, L]
+    words = ~torch.isin(ids, torch.tensor(sorted(TEXT_FRAME_IDS)))  # [n, L]
+    if not words.any():
+        return []
+    truth = ids[words]
+    chance = float(torch.bincount(truth).max()) / len(truth)
+    hits = float((read[words] == truth).float().mean())
+    return [AttackScore(f"known-embedding reading, {m} ({name})", epoch, "word accuracy", hits, chance)]
 
 
 def client_tokens(model: ClientModel, inputs: Mapping[str, torch.Tensor], privacy: ClientPrivacy,

@@ -15,6 +15,8 @@ returns a guess; the harness (mpsl.experiment.privacy) scores the guess against 
                             match the two numbers sent with the step
     known-tokenizer inverse the patch embedding is linear and the pre-LayerNorm only rescales and shifts each
                             token: W p - s u - m 1 = -pos is solved for the patch p by least squares
+    known-embedding reading a text token is LayerNorm(E[id] + pos): with the word embeddings E of the public
+                            checkpoint, the id whose normalized E[id] + pos is nearest in direction is read back
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mpsl.models.tokenizers import PatchTokenizer
+from mpsl.models.tokenizers import PatchTokenizer, TextTokenizer
 
 
 def logit_gradient_labels(grad: torch.Tensor) -> torch.Tensor:
@@ -137,6 +139,28 @@ def invert_patch_tokenizer(tok: PatchTokenizer, tokens: torch.Tensor, input_shap
         summed = F.fold(solution.transpose(1, 2), size, kernel, stride=stride)  # [b, N, P] -> [b, C, H, W]
         cover = F.fold(ones, size, kernel, stride=stride)  # [1, C, H, W] patches covering each pixel
         return (summed / cover.clamp_min(1)).float()
+
+
+def read_text_tokens(tok: TextTokenizer, tokens: torch.Tensor) -> torch.Tensor:
+    """Tokens [b, L, D] of a TextTokenizer whose word and position embeddings are (about) known -> ids [b, L].
+
+    Undoing the LayerNorm's affine part leaves (a - mean a) / std a for a = E[id] + pos_t; each position's
+    candidates E + pos_t are normalized the same way and the one with the largest cosine is the id.
+    """
+    if not isinstance(tok.norm, nn.LayerNorm):
+        raise TypeError("read_text_tokens expects the pre-LayerNorm tokenizer")
+    with torch.no_grad():
+        words = tok.words.weight.float()  # [V, D]
+        d = words.shape[1]
+        gamma = tok.norm.weight.float() if tok.norm.weight is not None else torch.ones(d)
+        beta = tok.norm.bias.float() if tok.norm.bias is not None else torch.zeros(d)
+        u = F.normalize((tokens.float() - beta) / gamma, dim=-1)  # [b, L, D] unit rows
+        ids = torch.empty(tokens.shape[:2], dtype=torch.long)
+        for t in range(tokens.shape[1]):
+            candidates = words + tok.pos[0, t].float()  # [V, D]
+            centred = F.normalize(candidates - candidates.mean(dim=1, keepdim=True), dim=1)  # [V, D]
+            ids[:, t] = (u[:, t] @ centred.T).argmax(dim=1)  # [b, D] @ [D, V] -> [b, V] -> [b]
+        return ids
 
 
 def psnr(guess: torch.Tensor, truth: torch.Tensor) -> float:
