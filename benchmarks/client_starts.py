@@ -1,10 +1,9 @@
-"""What a deployment's default costs: clients that start from one shared seed vs each from a seed of its own.
+"""Clients that start from one shared seed vs each from a seed of its own (docs/benchmarks.md).
 
-`mpsl client` with `privacy.client_seed: null` draws a seed of its own (README: Privacy), so in a deployment
-the clients' tokenizers and heads start apart; a simulation starts them from one seed. This trains the same
-MPSL run both ways (each client's own start drawn from a seed of its own here, as `mpsl client` would) and
-reports the averaged client model's test accuracy (the paper's evaluation, which presumes one start) and the
-mean of each client's own model's. Run:
+Either hides the clients' start from the server; this measures what starting apart costs, which is why
+`mpsl client` requires the clients' shared `privacy.client_seed` rather than drawing its own. It trains the
+same MPSL run both ways and reports the averaged client model's test accuracy (the paper's evaluation,
+which presumes one start) and each client's own model's. Run:
 
     .venv/bin/python benchmarks/client_starts.py [key=value ...]   # default: the demo config's MPSL
 """

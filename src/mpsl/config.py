@@ -239,8 +239,7 @@ class PrivacyConfig:
 
     # seed of the client-side initialization (tokenizers, client head) and of the clients' noise: shared by the
     # clients, never sent to the server, so the server cannot rebuild the clients' starting weights from its own
-    # config. null: in a simulation derived from `seed` (reproducible); `mpsl client` draws a seed of its own
-    # instead, kept in its folder, which no other party knows (the clients then start apart)
+    # config. null: derived from `seed` in a simulation (reproducible); `mpsl client` refuses null
     client_seed: int | None = None
     # true: every feature gradient carries the client's step loss and correct count (debugging; they reveal labels).
     # false: clients report loss and accuracy once per epoch, summed over all their samples

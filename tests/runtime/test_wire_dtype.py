@@ -86,7 +86,7 @@ def test_a_float32_client_trains_with_a_float16_server_in_float16(tmp_path) -> N
     # Prepare: a server set to float16, a client whose own config says float32
     from mpsl.deploy.client_app import run_client
 
-    common = ["num_clients=1", "deploy.step_timeout=20", f"out_dir={tmp_path}"]
+    common = ["num_clients=1", "deploy.step_timeout=20", f"out_dir={tmp_path}", "privacy.client_seed=7"]
     server_cfg = tiny_config(*common, "deploy.wire_dtype=float16")
     client_cfg = tiny_config(*common)
     switch = sys.getswitchinterval()

@@ -6,7 +6,6 @@ built by `mpsl.parties` exactly as the simulation builds it.
 
 from __future__ import annotations
 
-import secrets
 import sys
 from pathlib import Path
 
@@ -23,14 +22,13 @@ from mpsl.deploy.common import (
     log_to_stderr,
     report,
 )
-from mpsl.errors import MpslError
-from mpsl.files import write_atomically
+from mpsl.errors import ConfigError, MpslError
 from mpsl.parties import client_shards, split_client, templates
 from mpsl.protocol import CutGrad, EpochMetrics, FeatureGrad, Features, SplitClient, Tokens
 from mpsl.registry import check_choices
 from mpsl.runtime.network.address import with_default_port
 from mpsl.runtime.network.dialer import dial
-from mpsl.runtime.network.events import ClientResumed, ClientSeed, Restored
+from mpsl.runtime.network.events import ClientResumed, Restored
 from mpsl.runtime.network.security import channel_credentials, read_secret
 from mpsl.tasks import TASKS
 
@@ -89,35 +87,16 @@ class ClientApp:
         save_module(self.client.model, self.out_dir / "client.safetensors")
 
 
-SEED_FILE = "client-seed"  # in the client's folder: its own seed, when privacy.client_seed is null
-
-
-def with_client_seed(cfg: Config, client_id: int, folder: Path) -> Config:
-    """`cfg` with the seed this client starts from and noises with. privacy.client_seed when set (the clients
-    share it; the server's config need not hold it); null: a seed of this client's own, drawn once from the
-    operating system and kept in `folder`, so no other party, the server included, can rebuild its start or its
-    noise, whatever config it has. Its tokenizers and head then start apart from the other clients'."""
-    if cfg.privacy.client_seed is not None:
-        report(ClientSeed(client_id, "config", None))
-        return cfg
-    path = folder / SEED_FILE
-    if path.is_file():
-        text = path.read_text().strip()
-        if not text.isdigit():
-            raise MpslError(f"{path}: expected this client's seed (digits), found {text[:20]!r}; delete the file to "
-                            "draw a new one (the client then starts from new weights)")
-        seed, origin = int(text), "kept"
-    else:
-        seed, origin = secrets.randbits(48), "drawn"
-
-        def write(tmp: Path) -> None:  # readable by this user only, before the seed is in it
-            tmp.touch(mode=0o600)
-            tmp.chmod(0o600)
-            tmp.write_text(f"{seed}\n")
-
-        write_atomically(path, write)
-    report(ClientSeed(client_id, origin, str(path)))
-    return cfg.replace(**{"privacy.client_seed": seed})
+def require_client_seed(cfg: Config) -> None:
+    """A deployed client starts from the clients' shared secret seed: with null, a server holding this config
+    could rebuild the clients' starting tokenizers and head, and their noise (docs/privacy.md). A seed of each
+    client's own is no answer: clients that start apart reached 27 % instead of 78 % on the demo
+    (benchmarks/client_starts.py)."""
+    if cfg.privacy.client_seed is None:
+        raise ConfigError("privacy.client_seed: `mpsl client` needs the seed the clients share and the server never "
+                          "gets (null would let a server with this config rebuild their starting weights and noise). "
+                          "Draw one once, e.g. python -c 'import secrets; print(secrets.randbits(48))', and start "
+                          "every client with privacy.client_seed=<it>")
 
 
 async def run_client(cfg: Config, target: str, client_id: int, resume: bool, token_file: str | None,
@@ -131,8 +110,8 @@ async def run_client(cfg: Config, target: str, client_id: int, resume: bool, tok
     if not 0 <= client_id < cfg.num_clients:
         raise MpslError(f"--client-id {client_id}: must be in 0..{cfg.num_clients - 1} (num_clients)")
     check_choices(cfg)
+    require_client_seed(cfg)
     folder = checkpoint_dir(cfg, f"client-{client_id}")
-    cfg = with_client_seed(cfg, client_id, folder)
     dataset = load_dataset(cfg.data, cfg.progress)
     if whole_split:  # the device's own data: everything its loader returns, batch ceil(B / N)
         shard, batch = dataset.train, client_batch_size(cfg)

@@ -235,17 +235,6 @@ class Welcomed(Event, name="welcomed"):
 
 
 @dataclass(frozen=True)
-class ClientSeed(Event, name="client_seed"):
-    """Where this client's starting weights and privacy noise come from: `config` (privacy.client_seed, shared
-    by the clients that set it), or a seed of its own that no other party knows, `drawn` now or `kept` from its
-    folder (privacy.client_seed null)."""
-
-    client: int
-    origin: str
-    path: str | None  # the file holding the client's own seed
-
-
-@dataclass(frozen=True)
 class ClientResumed(Event, name="client_resumed"):
     """`mpsl client --resume`: the step of this client's last checkpoint, None if it has none."""
 
