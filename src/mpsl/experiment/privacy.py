@@ -221,9 +221,9 @@ def _scalars(seen: list[Seen], guess: ClientModel, head: str) -> float | None:
 
 def input_attacks(seen: list[Seen], guess: ClientModel, mean_input: dict[str, torch.Tensor], epoch: int,
                   name: str) -> list[AttackScore]:
-    """Least-squares inversion of the tokenizers the server can rebuild, on the kept samples' tokens; none when
-    the clients run encoder blocks after them (model.client_blocks): the tokens are then no linear map of the input.
-    """
+    """The tokenizers the server can rebuild, inverted on the kept samples' tokens (least squares for patches,
+    the known-embedding reading for text); none when the clients run encoder blocks after them
+    (model.client_blocks): the tokens are then no longer the tokenizers' output."""
     if guess.blocks is not None:
         return []
     kept = [s for s in seen if s.tokens is not None and s.inputs is not None]
