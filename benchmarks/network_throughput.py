@@ -53,9 +53,10 @@ def loopback(clients: int, epochs: int, workdir: Path) -> dict[str, float]:
                                    "--listen", f"127.0.0.1:{port}", "--log-format", "json"], stdout=out,
                                   stderr=subprocess.STDOUT)
         time.sleep(1.0)
-        procs = [subprocess.Popen([sys.executable, "-m", "mpsl", "client", str(config), *overrides, "--server",
-                                   f"127.0.0.1:{port}", "--client-id", str(k)], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL) for k in range(clients)]
+        procs = [subprocess.Popen([sys.executable, "-m", "mpsl", "client", str(config), *overrides,
+                                   "privacy.client_seed=4242", "--server", f"127.0.0.1:{port}", "--client-id", str(k)],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for k in range(clients)]  # the clients' shared seed, which `mpsl client` requires
         server.wait(timeout=1800)
         for p in procs:
             p.wait(timeout=60)
