@@ -25,15 +25,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from step_overhead import _dataset  # the same random avdigits-shaped data (a sibling script)
 
 from mpsl.config import load_config
-from mpsl.data import Dataset, DatasetSpec, ModalitySpec, SplitData
 from mpsl.experiment.methods.split_learning import Mpsl
 from mpsl.models.presets import PRESETS
 from mpsl.protocol import mpsl_step
 from mpsl.runtime.distributed import TorchWorld
-
-IMAGE, AUDIO = (1, 28, 28), (1, 32, 40)  # 7x7 patches: 1 + 16 tokens; 8x8 patches: 1 + 20 tokens -> 38 per sample
 
 
 @dataclass
@@ -50,14 +48,6 @@ class TimedWorld(TorchWorld):
         super().sum_grads(params)
         self.wait.append(t1 - t0)
         self.reduce.append(time.perf_counter() - t1)
-
-
-def _dataset(n: int) -> Dataset:
-    gen = torch.Generator().manual_seed(0)
-    split = SplitData({"image": torch.randn(n, *IMAGE, generator=gen), "audio": torch.randn(n, *AUDIO, generator=gen)},
-                      torch.randint(0, 10, (n,), generator=gen))
-    spec = DatasetSpec("bench", {"image": ModalitySpec("image", IMAGE), "audio": ModalitySpec("audio", AUDIO)}, 10)
-    return Dataset(spec, split, split)
 
 
 def _run(rank: int, size: int, threads: int, args: argparse.Namespace, rendezvous: str, out: str) -> None:
