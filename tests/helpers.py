@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from mpsl.config import Config, load_config
+from mpsl.errors import ClientUnavailable
 
 TINY = [
     "data.name=synthetic-av", "data.train_size=96", "data.test_size=48",
@@ -38,3 +41,22 @@ def split_parties(template, server_model, shards, task):
     server = SplitServer(copy.deepcopy(server_model), None, None)
     server.optimizer = adam(server.model)
     return clients, server
+
+
+class Vanishes:
+    """Any client group, with one client that disappears before answering its features at one step."""
+
+    def __init__(self, inner, client_id: int, step: int) -> None:
+        self.inner, self.client_id, self.step = inner, client_id, step
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def features(self, msgs: Mapping) -> dict:
+        if self.client_id not in msgs or next(iter(msgs.values())).step != self.step:
+            return self.inner.features(msgs)
+        answers = self.inner.features({cid: m for cid, m in msgs.items() if cid != self.client_id})
+        return {**answers, self.client_id: ClientUnavailable(f"client {self.client_id} disconnected")}
+
+    def cut_grad(self, msgs: Mapping) -> dict:
+        return self.inner.cut_grad(msgs)

@@ -5,19 +5,18 @@ missing modalities or learning-rate schedule."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
 
 import pytest
 import torch
 
 from mpsl.config import Config
 from mpsl.data import Dataset, DatasetSpec, ModalitySpec, SplitData, load_dataset
-from mpsl.errors import ClientUnavailable, ModelError
+from mpsl.errors import ModelError
 from mpsl.experiment.methods.split_learning import Mpsl
-from mpsl.protocol import ClientGroup, CutGrad, FeatureGrad, Features, StepResult, mpsl_step
+from mpsl.protocol import ClientGroup, StepResult, mpsl_step
 from mpsl.runtime.batched import BatchedClients, unsupported
 from mpsl.tasks import ClassificationTask
-from tests.helpers import tiny_config
+from tests.helpers import Vanishes, tiny_config
 
 ATOL = 1e-6
 KEY_BIAS_ATOL = 1e-4
@@ -170,33 +169,14 @@ def test_clients_that_run_out_of_data_early_do_not_move_while_the_others_train_o
     _assert_same_training(loop, batched, got, want, start)
 
 
-class _Vanishes:
-    """Any client group, with one client that disappears before answering its features at one step."""
-
-    def __init__(self, inner: ClientGroup, client_id: int, step: int) -> None:
-        self.inner, self.client_id, self.step = inner, client_id, step
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
-
-    def features(self, msgs: Mapping[int, Features]) -> dict[int, FeatureGrad | ClientUnavailable]:
-        if next(iter(msgs.values())).step != self.step:
-            return self.inner.features(msgs)
-        answers = self.inner.features({cid: m for cid, m in msgs.items() if cid != self.client_id})
-        return {**answers, self.client_id: ClientUnavailable(f"client {self.client_id} disconnected")}
-
-    def cut_grad(self, msgs: Mapping[int, CutGrad]) -> dict[int, ClientUnavailable | None]:
-        return self.inner.cut_grad(msgs)
-
-
 @pytest.mark.parametrize("head", ["client", "server"])
 def test_a_client_dropped_mid_step_leaves_the_same_step_as_in_the_loop(head: str) -> None:
     # Prepare: client 1 vanishes at step 1 in both runtimes
     loop, batched = _twins(tiny_config(f"model.head={head}", "partition.kind=iid"))
     start = _weights(batched)
     # Execute
-    want = _steps(loop, 0, 3, group=_Vanishes(loop.group, 1, step=1))
-    got = _steps(batched, 0, 3, group=_Vanishes(batched.group, 1, step=1))
+    want = _steps(loop, 0, 3, group=Vanishes(loop.group, 1, step=1))
+    got = _steps(batched, 0, 3, group=Vanishes(batched.group, 1, step=1))
     # Assert: the drop happened, the others' shares were renormalized the same way
     assert got[1].dropped == [1] and got[1].client_ids == [0, 2]
     _assert_same_training(loop, batched, got, want, start)

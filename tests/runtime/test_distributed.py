@@ -6,7 +6,6 @@ setups that cannot work are refused with one clear error."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,11 @@ import torch.multiprocessing as mp
 from mpsl.cli import main
 from mpsl.config import Config
 from mpsl.data import load_dataset
-from mpsl.errors import ClientUnavailable, ConfigError
+from mpsl.errors import ConfigError
 from mpsl.experiment.methods.split_learning import Mpsl
 from mpsl.experiment.results import RESULTS_FILE
 from mpsl.experiment.run import run_experiment
-from mpsl.protocol import ClientGroup, CutGrad, FeatureGrad, Features, mpsl_step
+from mpsl.protocol import mpsl_step
 from mpsl.runtime.distributed import (
     TorchWorld,
     backend_for,
@@ -31,7 +30,7 @@ from mpsl.runtime.distributed import (
     replica_share,
     start,
 )
-from tests.helpers import tiny_config
+from tests.helpers import Vanishes, tiny_config
 
 ATOL = 1e-5
 # (overrides, (client dropped, at step) or None): unequal (proportional) batches with client 1, rank 1's only
@@ -43,25 +42,6 @@ CASES: list[tuple[tuple[str, ...], tuple[int, int] | None]] = [
 ]
 
 
-class _Vanishes:
-    """A client group in which one client disappears before answering its features at one step."""
-
-    def __init__(self, inner: ClientGroup, client_id: int, step: int) -> None:
-        self.inner, self.client_id, self.step = inner, client_id, step
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
-
-    def features(self, msgs: Mapping[int, Features]) -> dict[int, FeatureGrad | ClientUnavailable]:
-        if self.client_id not in msgs or next(iter(msgs.values())).step != self.step:
-            return self.inner.features(msgs)
-        answers = self.inner.features({cid: m for cid, m in msgs.items() if cid != self.client_id})
-        return {**answers, self.client_id: ClientUnavailable(f"client {self.client_id} disconnected")}
-
-    def cut_grad(self, msgs: Mapping[int, CutGrad]) -> dict[int, ClientUnavailable | None]:
-        return self.inner.cut_grad(msgs)
-
-
 def _config(overrides: tuple[str, ...]) -> Config:
     return tiny_config("data.train_size=66", "data.test_size=8", "train.batch_size=16", "train.epochs=2", *overrides)
 
@@ -70,7 +50,7 @@ def _train(cfg: Config, drop: tuple[int, int] | None, world: TorchWorld | None) 
     """Two epochs of Mpsl as its train_round runs them, with the drop; every weight and step result after."""
     method = Mpsl(cfg, load_dataset(cfg.data), world)
     server_start = [p.detach().clone() for p in method.server.model.parameters()]
-    group = method.group if drop is None else _Vanishes(method.group, *drop)
+    group = method.group if drop is None else Vanishes(method.group, *drop)
     losses, own_ids = [], []
     for epoch in range(cfg.train.epochs):
         method.group.start_epoch(epoch)
