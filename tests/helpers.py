@@ -60,3 +60,28 @@ class Vanishes:
 
     def cut_grad(self, msgs: Mapping) -> dict:
         return self.inner.cut_grad(msgs)
+
+
+def three_parties(cfg: Config, optimizer, guard=None):
+    """Three clients of 8 samples (4 per step) and a server, each with `optimizer(params)`, at epoch 0: the
+    parties of the step-level protocol tests."""
+    import copy
+
+    import torch
+
+    from mpsl.data import load_dataset
+    from mpsl.models import build_split_model
+    from mpsl.protocol import SplitClient, SplitServer
+    from mpsl.tasks import ClassificationTask
+
+    data = load_dataset(cfg.data)
+    template, server_model = build_split_model(cfg.model, data.spec, seed=0)
+    clients = []
+    for k in range(3):
+        model = copy.deepcopy(template)
+        clients.append(SplitClient(k, model, data.train.subset(torch.arange(8 * k, 8 * k + 8)), ClassificationTask(),
+                                   4, optimizer(model.parameters()), None, seed=k))
+    server = SplitServer(server_model, optimizer(server_model.parameters()), None, guard=guard)
+    for c in clients:
+        c.start_epoch(0)
+    return clients, server

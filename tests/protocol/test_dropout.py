@@ -6,13 +6,10 @@ import copy
 
 import torch
 
-from mpsl.data import load_dataset
 from mpsl.errors import ClientUnavailable
-from mpsl.models import build_split_model
-from mpsl.protocol import Features, SplitClient, SplitServer, mpsl_step
+from mpsl.protocol import Features, SplitClient, mpsl_step
 from mpsl.runtime import InProcessHandle
-from mpsl.tasks import ClassificationTask
-from tests.helpers import tiny_config
+from tests.helpers import three_parties, tiny_config
 
 
 class Vanishing(InProcessHandle):
@@ -33,18 +30,7 @@ class Vanishing(InProcessHandle):
 
 def _setup(head: str):
     """Three clients and a server, with SGD so that any wrong gradient scale shows in the weights."""
-    cfg = tiny_config(f"model.head={head}")
-    data = load_dataset(cfg.data)
-    template, server_model = build_split_model(cfg.model, data.spec, seed=0)
-    clients = []
-    for k in range(3):
-        model = copy.deepcopy(template)
-        clients.append(SplitClient(k, model, data.train.subset(torch.arange(8 * k, 8 * k + 8)), ClassificationTask(),
-                                   4, torch.optim.SGD(model.parameters(), lr=0.5), None, seed=k))
-    server = SplitServer(server_model, torch.optim.SGD(server_model.parameters(), lr=0.5), None)
-    for c in clients:
-        c.start_epoch(0)
-    return clients, server
+    return three_parties(tiny_config(f"model.head={head}"), lambda params: torch.optim.SGD(params, lr=0.5))
 
 
 def _params(module: torch.nn.Module) -> list[torch.Tensor]:

@@ -8,13 +8,10 @@ import math
 import pytest
 import torch
 
-from mpsl.data import load_dataset
-from mpsl.models import build_split_model
 from mpsl.protocol import FeatureGrad, Features, SplitClient, SplitServer, Tokens, mpsl_step
 from mpsl.protocol.guard import Guard, derived_token_bound
 from mpsl.runtime import InProcessHandle
-from mpsl.tasks import ClassificationTask
-from tests.helpers import tiny_config
+from tests.helpers import three_parties, tiny_config
 
 HUGE = 1e30  # finite in float32, far beyond anything a tokenizer or a loss produces
 
@@ -43,18 +40,7 @@ class Hostile(InProcessHandle):
 
 def _setup(guard: Guard | None = None):
     """Three clients and a server with Adam, so a poisoned second moment would show in the optimizer state."""
-    cfg = tiny_config()
-    data = load_dataset(cfg.data)
-    template, server_model = build_split_model(cfg.model, data.spec, seed=0)
-    clients = []
-    for k in range(3):
-        model = copy.deepcopy(template)
-        clients.append(SplitClient(k, model, data.train.subset(torch.arange(8 * k, 8 * k + 8)), ClassificationTask(),
-                                   4, torch.optim.Adam(model.parameters(), lr=1e-2), None, seed=k))
-    server = SplitServer(server_model, torch.optim.Adam(server_model.parameters(), lr=1e-2), None, guard=guard)
-    for c in clients:
-        c.start_epoch(0)
-    return clients, server
+    return three_parties(tiny_config(), lambda params: torch.optim.Adam(params, lr=1e-2), guard)
 
 
 def _state(server: SplitServer) -> list[torch.Tensor]:
