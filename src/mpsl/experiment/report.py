@@ -181,6 +181,14 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path: Path, dpi: float | None = None) -> Path:
+    """Lay out, write and close a report figure (closed so a long comparison does not keep them all)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
 def _label(r: RunResult) -> str:
     return f"{r.method} ({r.num_clients} clients)" if r.num_clients > 1 else f"{r.method} (pooled data)"
 
@@ -200,10 +208,7 @@ def accuracy_plot(results: Results, path: Path, title: str) -> Path:
     ax.set_xticks(sorted({h.epoch for r in results for h in r.history}))
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def time_to_accuracy_plot(results: Results, path: Path, title: str) -> Path:
@@ -219,10 +224,7 @@ def time_to_accuracy_plot(results: Results, path: Path, title: str) -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def compute_plot(results: Results, path: Path, title: str) -> Path:
@@ -244,10 +246,7 @@ def compute_plot(results: Results, path: Path, title: str) -> Path:
     ax.set_xlabel("client MFLOP per training sample (forward + backward, log scale)")
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def communication_plot(results: Results, scaling: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
@@ -277,10 +276,7 @@ def communication_plot(results: Results, scaling: Sequence[dict[str, Any]], path
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_reports(run_dir: Path, results: Results, scaling: Sequence[dict[str, Any]]) -> list[Path]:

@@ -12,7 +12,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mpsl.experiment.report import COLORS, NETWORK, pct, pyplot, rows_csv, score_label, simulated_seconds
+from mpsl.experiment.report import (
+    COLORS,
+    NETWORK,
+    pct,
+    pyplot,
+    rows_csv,
+    save_figure,
+    score_label,
+    simulated_seconds,
+)
 from mpsl.experiment.results import RunResult
 
 BySeed = Mapping[int, Sequence[RunResult]]  # seed -> that seed's results, one per method in the same order
@@ -85,10 +94,7 @@ def spread_plot(by_seed: BySeed, path: Path, title: str) -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_seeded_reports(run_dir: Path, by_seed: BySeed) -> list[Path]:
