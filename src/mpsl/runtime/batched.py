@@ -34,6 +34,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from mpsl.errors import ClientUnavailable, ProtocolError
+from mpsl.models.encoder import SharedEncoder
 from mpsl.models.heads import ClassifierHead, RetrievalHead
 from mpsl.models.split import ClientModel
 from mpsl.models.tokenizers import PatchTokenizer, SentenceTokenizer, TextTokenizer
@@ -57,6 +58,8 @@ def unsupported(model: ClientModel, task: Task) -> str | None:
     """Why batched clients could compute something other than the per-client loop for this client model and
     task (a reason to run the loop instead); None when they compute the same."""
     for name, module in model.named_modules():
+        if isinstance(module, SharedEncoder):
+            return f"client module {name} holds encoder blocks (model.client_blocks), which have no batched execution"
         if type(module) not in SUPPORTED:
             return (f"client module {name or 'model'} is a {type(module).__name__}, which has no batched execution "
                     "(batched clients run tokenizers and heads built only from "

@@ -121,9 +121,7 @@ class Mpsl(Method):
                               "replicas and Ray actors do not hold together: use one process (runtime.kind=inprocess)")
         # runtime.clients: batched unless the client model needs the loop to keep the math (the reason is printed)
         self.fallback = None if cfg.runtime.clients == "loop" else (
-            ("model.client_blocks puts transformer blocks on the clients, which have no batched execution"
-             if cfg.model.client_blocks else None)
-            or unsupported(self.client_template, self.task)
+            unsupported(self.client_template, self.task)
             or ("privacy.nopeek needs each client's raw inputs at its backward" if cfg.privacy.nopeek else None))
         if self.fallback is not None:
             print(f"mpsl: runtime.clients=batched cannot run this client model exactly, so clients run one after "
