@@ -121,6 +121,10 @@ def test_yaml_file_then_overrides(tmp_path: Path) -> None:
         (["train.client_sync_every=0"], "train.client_sync_every"),
         (["tune.lr_factors=[]"], "tune.lr_factors"),
         (["data.val_size=-1"], "data.val_size"),
+        (["tune.chosen={fedavg: {train.server_lrr: 1.0e-5}}"], "tune.chosen.fedavg.train.server_lrr"),
+        (["tune.chosen={fedavg: {data.train_size: 10}}"], "tune.chosen.fedavg.data.train_size"),
+        (["tune.chosen={fedavg: {train.server_lr: fast}}"], "tune.chosen.fedavg.train.server_lr"),
+        (["tune.chosen={fedavg: 1.0e-5}"], "tune.chosen.fedavg"),
     ],
 )
 def test_bad_values_name_the_key(overrides: list[str], names: str) -> None:
@@ -130,6 +134,19 @@ def test_bad_values_name_the_key(overrides: list[str], names: str) -> None:
     message = str(err.value)
     assert names in message
     assert "\n" not in message
+
+
+def test_recorded_choices_are_read_per_method_from_a_yaml_file(tmp_path: Path) -> None:
+    # Prepare
+    path = tmp_path / "c.yaml"
+    path.write_text("tune:\n  chosen:\n    fedavg: {train.server_lr: 1.0e-5, fl.local_epochs: 2}\n")
+
+    # Execute
+    cfg = load_config(path, ["tune.lr_factors=[1.0]"])
+
+    # Assert: the mapping is taken whole (method names are not config keys) and typed as numbers
+    assert cfg.tune.chosen == {"fedavg": {"train.server_lr": 1e-5, "fl.local_epochs": 2.0}}
+    assert cfg.train.server_lr == Config().train.server_lr  # the run's own setting is untouched
 
 
 def test_unknown_key_in_yaml_file(tmp_path: Path) -> None:
@@ -230,7 +247,14 @@ def test_the_registries_declare_the_config_keys_whose_choices_they_hold() -> Non
             cls = typing.get_type_hints(cls)[part]
         hint = typing.get_type_hints(cls)[leaf]
         assert leaf in {f.name for f in dataclasses.fields(cls)}
-        assert hint in (str, str | None, tuple[str, ...]), f"{key} is typed {hint}, not a string checked by name"
+        assert hint in (str, str | None, tuple[str, ...], dict[str, dict[str, float]]), \
+            f"{key} is typed {hint}, not a string (or mapping keyed by strings) checked by name"
+
+
+def _naming(key: str, name: str) -> object:
+    """The value of `key` that names `name`: a list of names, a mapping keyed by it, or the name."""
+    shapes = {"methods": [name], "tune.chosen": {name: {"train.server_lr": 1e-3}}}
+    return shapes.get(key, name)
 
 
 @pytest.mark.parametrize(("key", "name"), [(k, n) for k, registry in CHOICES.items() for n in registry],
@@ -238,19 +262,17 @@ def test_the_registries_declare_the_config_keys_whose_choices_they_hold() -> Non
 def test_every_registered_name_is_accepted_by_the_config(key: str, name: str) -> None:
     from mpsl.registry import check_choices
 
-    value = (name,) if key == "methods" else name
-
-    cfg = Config().replace(**{key: list(value) if key == "methods" else value})
+    cfg = Config().replace(**{key: _naming(key, name)})
     check_choices(cfg)
 
-    assert _value(cfg, key) == value
+    assert name in _value(cfg, key) if key in ("methods", "tune.chosen") else _value(cfg, key) == name
 
 
 @pytest.mark.parametrize("key", sorted(CHOICES))
 def test_an_unknown_name_is_one_line_that_lists_the_registered_ones(key: str) -> None:
     from mpsl.registry import check_choices
 
-    cfg = Config().replace(**{key: ["no-such-name"] if key == "methods" else "no-such-name"})
+    cfg = Config().replace(**{key: _naming(key, "no-such-name")})
 
     with pytest.raises(ConfigError) as err:
         check_choices(cfg)

@@ -161,6 +161,9 @@ class TuneConfig:
     # centralized scale both together (one whole model)
     lr_factors: tuple[float, ...] = (0.1, 1.0, 10.0)
     local_epochs: tuple[int, ...] = (1, 2)  # FedAvg, FedAvg-adapter: fl.local_epochs tried with every rate
+    # method -> {dotted key: value}: the setting a recorded tuning kept (`compare --tune` writes it to
+    # runs/<name>/tuned.yaml), applied whenever that method trains without --tune
+    chosen: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -350,12 +353,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return loaded
 
 
+OPEN_MAPPINGS = ("tune.chosen",)  # keys whose value is a mapping of the user's names, set as a whole
+
+
 def _merge(tree: dict[str, Any], update: dict[str, Any], prefix: str) -> None:
     for key, value in update.items():
         dotted = f"{prefix}{key}"
         if key not in tree:
             raise ConfigError(f"{dotted}: unknown key (known: {', '.join(sorted(tree))})")
-        if isinstance(tree[key], dict) and isinstance(value, dict):
+        if isinstance(tree[key], dict) and isinstance(value, dict) and dotted not in OPEN_MAPPINGS:
             _merge(tree[key], value, prefix=f"{dotted}.")
         else:
             tree[key] = value
@@ -422,6 +428,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_coerce(args[0], k, key): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: expected one of {', '.join(map(str, args))}, got {value!r}")
@@ -468,6 +478,19 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
+
+
+def _validate_chosen(cfg: Config) -> None:
+    """tune.chosen names existing keys of the sections a method trains with (method names: check_choices)."""
+    tree = to_dict(cfg)
+    for method, settings in cfg.tune.chosen.items():
+        for key in settings:
+            node: Any = tree
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            _require(key.split(".")[0] in ("train", "fl") and isinstance(node, int | float)
+                     and not isinstance(node, bool), f"tune.chosen.{method}.{key}",
+                     "is not a numeric train.* or fl.* setting (what --tune chooses)")
 
 
 def validate(cfg: Config) -> None:
@@ -518,6 +541,7 @@ def validate(cfg: Config) -> None:
              f"must list positive factors, got {list(cfg.tune.lr_factors)}")
     _require(len(cfg.tune.local_epochs) >= 1 and min(cfg.tune.local_epochs) >= 1, "tune.local_epochs",
              f"must list epochs of at least 1, got {list(cfg.tune.local_epochs)}")
+    _validate_chosen(cfg)
     _require(cfg.fl.local_epochs >= 1, "fl.local_epochs", f"must be at least 1, got {cfg.fl.local_epochs}")
     _require(cfg.runtime.prefetch >= 0, "runtime.prefetch", f"must be 0 or more, got {cfg.runtime.prefetch}")
     _require(DEVICE_PATTERN.fullmatch(cfg.runtime.device) is not None, "runtime.device",

@@ -76,6 +76,6 @@ def check_choices(cfg: Any) -> None:
         value: Any = cfg
         for part in key.split("."):
             value = getattr(value, part)
-        for name in value if isinstance(value, tuple) else (value,):
+        for name in value if isinstance(value, tuple | dict) else (value,):  # a dict: its keys
             if name is not None and name not in registry:
                 raise ConfigError(f"{key}: {registry.unknown(name)}")

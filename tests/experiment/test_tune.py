@@ -97,3 +97,41 @@ def test_with_seeds_the_first_seed_tunes_and_every_other_trains_once_at_its_choi
     assert [r.tuning.chosen for r in results] == [1, 1, 1] and all(r.tuning == results[0].tuning for r in results)
     saved = RunResult.load(tmp_path / cfg.name / f"seed-{cfg.seed + 2}" / "centralized" / "results.json")
     assert saved.tuning == results[0].tuning
+
+
+def test_a_tuning_records_its_choices_as_a_config_section_that_later_runs_train_at(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    # Prepare: a training whose validation score grows with the rate, so the tuner keeps 10x the configured one
+    import mpsl.experiment.run as run
+    from mpsl.config import load_config
+    from mpsl.experiment.tune import TUNED_FILE, method_config
+
+    trained: list[tuple[str, float, int]] = []
+
+    def by_rate(cfg: Config, dataset: Dataset, name: str, out_dir: Path, world=None) -> RunResult:
+        trained.append((name, cfg.train.server_lr, cfg.fl.local_epochs))
+        base = _result()
+        last = dataclasses.replace(base.history[-1], val={"val_accuracy": cfg.train.server_lr})
+        result = dataclasses.replace(base, method=name, config=cfg, history=(*base.history[:-1], last))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result.save(out_dir / "results.json")
+        return result
+
+    monkeypatch.setattr(run, "run_method", by_rate)
+    cfg = tiny_config("data.val_size=16", "methods=[centralized,fedavg]", "tune.local_epochs=[2]",
+                      f"out_dir={tmp_path}", "name=tuning")
+    lr = cfg.train.server_lr
+
+    # Execute: tune, then train a new run with the recorded section merged into its config
+    run.run_experiment(cfg, tune=True)
+    recorded = load_config(tmp_path / "tuning" / TUNED_FILE).tune.chosen
+    trained.clear()
+    run.run_experiment(cfg.replace(name="later", **{"tune.chosen": recorded}))
+
+    # Assert: both methods kept 10x (FedAvg also its local epochs, typed back to an integer); the later run trained
+    # each once at that choice, without tuning
+    assert recorded["centralized"]["train.server_lr"] == pytest.approx(10 * lr)
+    assert method_config(cfg.replace(**{"tune.chosen": recorded}), "fedavg").fl.local_epochs == 2
+    assert trained == [("centralized", pytest.approx(10 * lr), 1), ("fedavg", pytest.approx(10 * lr), 2)]
+    report = (tmp_path / "later" / "compare.md").read_text()
+    assert "trained at the setting a recorded tuning kept" in report

@@ -143,6 +143,11 @@ def compare_markdown(title: str, results: Results) -> str:
             notes.append(f"{r.method}: tuned over {len(t.trials)} settings (same budget) by final {t.metric}; "
                          f"kept {kept} ({pct(t.trials[t.chosen].val)} %).")
     for r in results:
+        chosen = r.config.tune.chosen.get(r.method)
+        if r.tuning is None and chosen:
+            kept = ", ".join(f"{k}={v:g}" for k, v in chosen.items())
+            notes.append(f"{r.method}: trained at the setting a recorded tuning kept (tune.chosen): {kept}.")
+    for r in results:
         if r.personalized_mean is not None:
             notes.append(f"{r.method}: the clients' own, never-averaged models reach "
                          f"{pct(r.personalized_mean)} % {score_label(r.metric)} on average.")

@@ -258,7 +258,7 @@ def run_experiment(cfg: Config, reuse: bool = False, force: bool = False, tune: 
     from mpsl.analysis.scaling import scaling_table
     from mpsl.data import load_dataset
     from mpsl.experiment.report import write_reports
-    from mpsl.experiment.tune import train_chosen, tune_method
+    from mpsl.experiment.tune import method_config, train_chosen, tune_method, write_tuned
 
     check_names(cfg)
     run_dir = Path(cfg.out_dir) / cfg.name
@@ -286,24 +286,28 @@ def run_experiment(cfg: Config, reuse: bool = False, force: bool = False, tune: 
         if tune:
             results.append(tune_method(cfg, dataset, name, run_dir, run_method))
             continue
-        saved = reusable(cfg, name, run_dir / name) if reuse and main else None
+        method_cfg = method_config(cfg, name)
+        saved = reusable(method_cfg, name, run_dir / name) if reuse and main else None
         if world is not None and world.sum([saved is not None])[0]:  # rank 0's folder decides for every rank
             if saved is not None:
                 results.append(saved)
             continue
-        results.append(saved if saved is not None else run_method(cfg, dataset, name, run_dir / name, world))
+        results.append(saved if saved is not None else run_method(method_cfg, dataset, name, run_dir / name, world))
     if not main:
         return results
     mean_samples = len(dataset.train) / cfg.num_clients
     write_atomically(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
     write_json(run_dir / EXPERIMENT_FILE, {"methods": list(cfg.methods),
                                            "scaling": scaling_table(cfg, dataset.spec, mean_samples)})
+    if tune:
+        write_tuned(run_dir, cfg, results)
     write_reports(run_dir, results, load_scaling(run_dir))
     return results
 
 
 def _run_seeds(cfg: Config, run_dir: Path, reuse: bool, force: bool, tune: bool, seeds: int) -> list[RunResult]:
     from mpsl.experiment.seeded import write_seeded_reports
+    from mpsl.experiment.tune import write_tuned
 
     by_seed: dict[int, list[RunResult]] = {}
     tuned: dict[str, Tuning] | None = None  # with --tune: what the first seed chose, per method
@@ -313,6 +317,7 @@ def _run_seeds(cfg: Config, run_dir: Path, reuse: bool, force: bool, tune: bool,
                                        reuse, force, tune and tuned is None, tuned=tuned)
         if tune and tuned is None:
             tuned = {r.method: r.tuning for r in by_seed[seed] if r.tuning is not None}
+            write_tuned(run_dir, cfg, by_seed[seed])
     write_atomically(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
     write_json(run_dir / EXPERIMENT_FILE, {"methods": list(cfg.methods), "seeds": sorted(by_seed)})
     write_seeded_reports(run_dir, by_seed)

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+
+import yaml
 
 from mpsl.config import Config, to_dict
 from mpsl.data import Dataset
 from mpsl.errors import ConfigError
 from mpsl.experiment.methods import METHODS
 from mpsl.experiment.results import RESULTS_FILE, RunResult, Trial, Tuning
+from mpsl.files import write_atomically
 
 Train = Callable[[Config, Dataset, str, Path], RunResult]  # experiment.run.run_method
 
@@ -54,8 +57,8 @@ def tune_method(cfg: Config, dataset: Dataset, name: str, run_dir: Path, train: 
     return chosen
 
 
-def chosen_overrides(cfg: Config, tuning: Tuning) -> dict[str, int | float]:
-    """The setting a tuning kept, as overrides of `cfg` (whole numbers where the key holds an integer)."""
+def typed_overrides(cfg: Config, overrides: Mapping[str, float]) -> dict[str, int | float]:
+    """Overrides of `cfg` with whole numbers where the key holds an integer (recorded settings are floats)."""
     tree = to_dict(cfg)
 
     def current(key: str) -> object:
@@ -64,8 +67,34 @@ def chosen_overrides(cfg: Config, tuning: Tuning) -> dict[str, int | float]:
             node = node[part]
         return node
 
-    picked = tuning.trials[tuning.chosen].overrides
-    return {k: int(v) if isinstance(current(k), int) and float(v).is_integer() else v for k, v in picked.items()}
+    return {k: int(v) if isinstance(current(k), int) and float(v).is_integer() else v for k, v in overrides.items()}
+
+
+def chosen_overrides(cfg: Config, tuning: Tuning) -> dict[str, int | float]:
+    """The setting a tuning kept, as overrides of `cfg`."""
+    return typed_overrides(cfg, tuning.trials[tuning.chosen].overrides)
+
+
+def method_config(cfg: Config, name: str) -> Config:
+    """The config `name` trains with: cfg with the setting a recorded tuning kept for it (tune.chosen)."""
+    chosen = cfg.tune.chosen.get(name)
+    return cfg.replace(**typed_overrides(cfg, chosen)) if chosen else cfg
+
+
+TUNED_FILE = "tuned.yaml"
+
+
+def write_tuned(run_dir: Path, cfg: Config, results: list[RunResult]) -> Path:
+    """runs/<name>/tuned.yaml: what each tuned method kept, as the tune.chosen section of a config, so a later run
+    (the demo, another seed, the full data) trains at the recorded choice instead of a hand-picked one."""
+    tuned = [r for r in results if r.tuning is not None]
+    chosen = {r.method: chosen_overrides(cfg, r.tuning) for r in tuned}
+    header = (f"# kept by `mpsl compare --tune` (by final {tuned[0].tuning.metric}, seed {tuned[0].seed}); copy "
+              "into a config to train each method at its choice\n") if tuned else ""
+    path = write_atomically(run_dir / TUNED_FILE, lambda tmp: tmp.write_text(
+        header + yaml.safe_dump({"tune": {"chosen": chosen}}, sort_keys=False)))
+    print(f"kept settings: {path} (as tune.chosen in a config, each method trains at its choice)", flush=True)
+    return path
 
 
 def train_chosen(cfg: Config, dataset: Dataset, name: str, run_dir: Path, tuning: Tuning, train: Train) -> RunResult:

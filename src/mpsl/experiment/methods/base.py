@@ -117,7 +117,7 @@ class Method(ABC):
         return None  # in-process methods hold nothing outside
 
 
-METHODS: Registry[type[Method]] = Registry("method", config_keys=("methods",))
+METHODS: Registry[type[Method]] = Registry("method", config_keys=("methods", "tune.chosen"))
 MethodT = TypeVar("MethodT", bound=Method)
 
 
