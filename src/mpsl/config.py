@@ -384,6 +384,14 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
+def dotted_value(tree: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key of a config tree (to_dict), None where no such key exists."""
+    node: Any = tree
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain nested dict (tuples become lists) for YAML/JSON round trips."""
 
@@ -485,9 +493,7 @@ def _validate_chosen(cfg: Config) -> None:
     tree = to_dict(cfg)
     for method, settings in cfg.tune.chosen.items():
         for key in settings:
-            node: Any = tree
-            for part in key.split("."):
-                node = node.get(part) if isinstance(node, dict) else None
+            node = dotted_value(tree, key)
             _require(key.split(".")[0] in ("train", "fl") and isinstance(node, int | float)
                      and not isinstance(node, bool), f"tune.chosen.{method}.{key}",
                      "is not a numeric train.* or fl.* setting (what --tune chooses)")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from mpsl.config import Config, to_dict
+from mpsl.config import Config, dotted_value, to_dict
 from mpsl.data import Dataset
 from mpsl.errors import ConfigError
 from mpsl.experiment.methods import METHODS
@@ -60,14 +60,8 @@ def tune_method(cfg: Config, dataset: Dataset, name: str, run_dir: Path, train: 
 def typed_overrides(cfg: Config, overrides: Mapping[str, float]) -> dict[str, int | float]:
     """Overrides of `cfg` with whole numbers where the key holds an integer (recorded settings are floats)."""
     tree = to_dict(cfg)
-
-    def current(key: str) -> object:
-        node = tree
-        for part in key.split("."):
-            node = node[part]
-        return node
-
-    return {k: int(v) if isinstance(current(k), int) and float(v).is_integer() else v for k, v in overrides.items()}
+    return {k: int(v) if isinstance(dotted_value(tree, k), int) and float(v).is_integer() else v
+            for k, v in overrides.items()}
 
 
 def chosen_overrides(cfg: Config, tuning: Tuning) -> dict[str, int | float]:
