@@ -5,16 +5,27 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mpsl.config import DEMO_CONFIG, Config, client_batch_size, client_batch_sizes, load_config, to_dict
+from mpsl.config import (
+    DEMO_CONFIG,
+    OPEN_MAPPINGS,
+    Config,
+    client_batch_size,
+    client_batch_sizes,
+    load_config,
+    to_dict,
+)
 from mpsl.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _leaf_keys(tree: dict, prefix: str = "") -> set[str]:
+    """Settings by dotted name; a mapping of the user's own names (tune.chosen) is one setting."""
     keys = set()
     for key, value in tree.items():
-        keys |= _leaf_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+        dotted = f"{prefix}{key}"
+        nested = isinstance(value, dict) and dotted not in OPEN_MAPPINGS
+        keys |= _leaf_keys(value, f"{dotted}.") if nested else {dotted}
     return keys
 
 
@@ -29,6 +40,20 @@ def test_demo_config_is_valid_and_shows_every_key() -> None:
     assert _leaf_keys(yaml.safe_load(text)) == _leaf_keys(to_dict(Config()))
     assert cfg.name == "avdigits-demo" and cfg.data.name == "avdigits"
     assert (REPO / "configs" / "avdigits.yaml").read_text() == text
+
+
+def test_the_demo_trains_fedavg_at_a_recorded_tuning_and_mpsl_at_the_configured_rates() -> None:
+    from mpsl.experiment.tune import method_config
+
+    # Execute
+    cfg = load_config(DEMO_CONFIG)
+    fedavg, mpsl = method_config(cfg, "fedavg"), method_config(cfg, "mpsl")
+
+    # Assert: FedAvg's rates come from tune.chosen, not from the rates tuned for MPSL's server steps
+    assert set(cfg.tune.chosen) == {"fedavg"}
+    assert fedavg.train.server_lr == cfg.tune.chosen["fedavg"]["train.server_lr"] != cfg.train.server_lr
+    assert fedavg.train.client_lr == cfg.tune.chosen["fedavg"]["train.client_lr"] != cfg.train.client_lr
+    assert (mpsl.train.server_lr, mpsl.train.client_lr) == (cfg.train.server_lr, cfg.train.client_lr)
 
 
 def test_paper_config_is_the_papers_setup_and_asks_for_its_folders() -> None:
