@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
 
 
+
 def _env(**extra: str) -> dict[str, str]:
     """No PYTHONPATH: what pip sees installed, and what the venv imports, must come from the environments."""
     return {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **extra}
@@ -35,8 +37,14 @@ def _run(*args: str | Path, env: dict[str, str] | None = None, **kwargs) -> subp
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Built from a copy: setuptools builds in the source's build/ folder, and each xdist worker that runs a test
+    # of this module builds its own wheel, so two builds in the checkout would remove each other's files.
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, source / name)
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
     out = tmp_path_factory.mktemp("dist")
-    proc = _run(*PIP, "wheel", "--no-deps", "--quiet", "-w", out, ROOT)
+    proc = _run(*PIP, "wheel", "--no-deps", "--quiet", "-w", out, source)
     assert proc.returncode == 0, proc.stderr
     (built,) = out.glob("mpsl-*.whl")
     return built
