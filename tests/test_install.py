@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
 
 
-
 def _env(**extra: str) -> dict[str, str]:
     """No PYTHONPATH: what pip sees installed, and what the venv imports, must come from the environments."""
     return {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **extra}
